@@ -1,0 +1,395 @@
+"""The HTTP face of the apiserver: routing, content negotiation, discovery.
+
+One catch-all route per API root parses the path the way Kubernetes lays it
+out (`/api/v1/namespaces/NS/pods/NAME/status`, `/apis/apps/v1/deployments`),
+decodes the body (JSON or YAML, with or without a Content-Type), calls the
+registry and encodes the answer as JSON, a meta.k8s.io Table, or a stream of
+watch events. Every error leaves as a `Status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kube.api.resources import RESOURCES, ResourceType, group_versions, lookup
+
+from . import errors, openapi, printers
+from .errors import APIError
+from .registry import Registry, Result, list_options
+
+log = logging.getLogger("kubeling.apiserver")
+
+MAX_BODY = 3 * 1024 * 1024
+VERSION = {
+    "major": "1", "minor": "32", "gitVersion": "v1.32.0+kubeling", "gitCommit": "", "gitTreeState": "clean",
+    "buildDate": "2026-12-01T00:00:00Z", "goVersion": "python", "compiler": "cpython", "platform": "linux/amd64",
+}
+JSON = "application/json"
+PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
+               "application/strategic-merge-patch+json", "application/apply-patch+yaml")
+SUBRESOURCE_VERBS = {
+    "status": ["get", "patch", "update"], "scale": ["get", "patch", "update"], "binding": ["create"],
+    "finalize": ["update"], "log": ["get"],
+}
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def json_response(body: Any, code: int = 200, warnings: list[str] | None = None) -> Response:
+    headers = {}
+    if warnings:
+        headers["Warning"] = ", ".join('299 - "' + w.replace('"', '\\"') + '"' for w in warnings[:10])
+    return Response(dumps(body), status_code=code, media_type=JSON, headers=headers)
+
+
+def status_response(err: APIError) -> Response:
+    return Response(dumps(err.status()), status_code=err.code, media_type=JSON)
+
+
+# -- content negotiation ---------------------------------------------------------
+
+
+def wants_table(accept: str) -> bool:
+    for part in accept.split(","):
+        params = {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip() for p in part.split(";")[1:] if "=" in p}
+        if params.get("as") == "Table" and params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+            return True
+    return False
+
+
+def check_accept(accept: str) -> None:
+    if not accept:
+        return
+    for part in accept.split(","):
+        mt = part.split(";")[0].strip().lower()
+        if mt in ("*/*", "application/*", JSON, "application/yaml", "application/json-seq") or mt.endswith("+json"):
+            return
+    raise errors.not_acceptable(accept)
+
+
+async def read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY:
+        raise errors.too_large(MAX_BODY)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise errors.too_large(MAX_BODY)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_body(raw: bytes, content_type: str, *, required: bool = True) -> Any:
+    mt = content_type.split(";")[0].strip().lower()
+    if not raw.strip():
+        if required:
+            raise errors.bad_request("the request body is empty: send a JSON or YAML object")
+        return None
+    if mt in ("", "application/json", "text/plain", "application/x-www-form-urlencoded") or mt.endswith("+json"):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            if mt not in ("", "text/plain", "application/x-www-form-urlencoded"):
+                raise errors.bad_request(f"the body is not valid JSON: {e}") from None
+    elif mt not in ("application/yaml", "application/x-yaml", "text/yaml") and not mt.endswith("+yaml"):
+        raise errors.unsupported_media_type(content_type)
+    try:
+        docs = [d for d in yaml.safe_load_all(raw) if d is not None]
+    except yaml.YAMLError as e:
+        raise errors.bad_request(f"the body is neither valid JSON nor valid YAML: {str(e).splitlines()[0]}") from None
+    if len(docs) != 1:
+        raise errors.bad_request(f"the body must hold exactly one object, found {len(docs)} YAML documents")
+    return _jsonable(docs[0])
+
+
+def _jsonable(v: Any) -> Any:
+    """YAML may produce dates, sets and non-string keys; the API is JSON."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, str | int | float | bool) or v is None:
+        return v
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
+
+
+# -- path parsing ----------------------------------------------------------------
+
+
+class Target:
+    def __init__(self, rt: ResourceType, namespace: str | None, name: str | None, sub: str) -> None:
+        self.rt, self.namespace, self.name, self.sub = rt, namespace, name, sub
+
+
+def parse_target(group: str, version: str, segs: list[str], path: str) -> Target:
+    if not segs:
+        raise errors.path_not_found(path)
+    ns: str | None = None
+    if segs[0] == "namespaces" and len(segs) >= 3:
+        inner = lookup(group, version, segs[2])
+        if inner is not None and inner.namespaced:
+            ns, segs = segs[1], segs[2:]
+    rt = lookup(group, version, segs[0])
+    if rt is None or len(segs) > 3:
+        raise errors.path_not_found(path)
+    if rt.namespaced is False and ns is not None:
+        raise errors.path_not_found(path)
+    name = segs[1] if len(segs) >= 2 else None
+    sub = segs[2] if len(segs) == 3 else ""
+    if sub and sub not in rt.subresources:
+        raise errors.path_not_found(path)
+    if name == "":
+        raise errors.path_not_found(path)
+    return Target(rt, ns, name, sub)
+
+
+# -- discovery -------------------------------------------------------------------
+
+
+def resource_list(group: str, version: str) -> dict[str, Any]:
+    out = []
+    for r in RESOURCES:
+        if (r.group, r.version) != (group, version):
+            continue
+        entry: dict[str, Any] = {"name": r.name, "singularName": r.singular, "namespaced": r.namespaced,
+                                 "kind": r.kind, "verbs": list(r.verbs)}
+        if r.short_names:
+            entry["shortNames"] = list(r.short_names)
+        if r.categories:
+            entry["categories"] = list(r.categories)
+        out.append(entry)
+        for sub in r.subresources:
+            kind = {"scale": "Scale", "binding": "Binding"}.get(sub, r.kind)
+            e = {"name": f"{r.name}/{sub}", "singularName": "", "namespaced": r.namespaced, "kind": kind,
+                 "verbs": SUBRESOURCE_VERBS.get(sub, ["get"])}
+            if sub == "scale":
+                e.update(group="autoscaling", version="v1")
+            out.append(e)
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else version,
+            "resources": out}
+
+
+def group_list() -> dict[str, Any]:
+    groups = []
+    for g, v in group_versions():
+        if not g:
+            continue
+        gv = {"groupVersion": f"{g}/{v}", "version": v}
+        groups.append({"name": g, "versions": [gv], "preferredVersion": gv})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+
+# -- the app ---------------------------------------------------------------------
+
+
+def create_app(registry: Registry) -> FastAPI:
+    app = FastAPI(title="kubeling apiserver", openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.registry = registry
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> Response:
+        return status_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            return status_response(errors.method_not_allowed())
+        if exc.status_code == 404:
+            return status_response(errors.path_not_found(request.url.path))
+        return status_response(APIError(exc.status_code, "Unknown", str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return status_response(errors.internal(f"{type(exc).__name__}: {exc}"))
+
+    @app.middleware("http")
+    async def _access_log(request: Request, call_next: Any) -> Any:
+        t0 = time.perf_counter()
+        resp = await call_next(request)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request method=%s path=%s code=%s ms=%.1f", request.method, request.url.path,
+                      resp.status_code, (time.perf_counter() - t0) * 1000)
+        return resp
+
+    @app.get("/version")
+    async def version() -> Response:
+        return json_response(VERSION)
+
+    for probe in ("/healthz", "/readyz", "/livez"):
+        @app.get(probe)
+        async def health() -> Response:
+            return Response(b"ok", media_type="text/plain")
+
+    @app.get("/api")
+    async def api_versions(request: Request) -> Response:
+        host = request.url.netloc
+        return json_response({"kind": "APIVersions", "versions": ["v1"],
+                              "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]})
+
+    @app.get("/apis")
+    async def apis() -> Response:
+        return json_response(group_list())
+
+    @app.get("/openapi/v3")
+    async def openapi_root() -> Response:
+        return json_response(openapi.openapi_v3_root())
+
+    @app.get("/openapi/v3/{gv:path}")
+    async def openapi_gv(gv: str) -> Response:
+        doc = openapi.openapi_v3_group_version(gv)
+        if doc is None:
+            raise errors.path_not_found(f"/openapi/v3/{gv}")
+        return json_response(doc)
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+    @app.api_route("/api/{rest:path}", methods=methods)
+    async def core(request: Request, rest: str) -> Response:
+        segs = [s for s in rest.split("/") if s != ""]
+        if not segs or segs[0] != "v1":
+            raise errors.path_not_found(request.url.path)
+        if len(segs) == 1:
+            if request.method != "GET":
+                raise errors.method_not_allowed()
+            return json_response(resource_list("", "v1"))
+        return await handle(request, registry, parse_target("", "v1", segs[1:], request.url.path))
+
+    @app.api_route("/apis/{rest:path}", methods=methods)
+    async def named(request: Request, rest: str) -> Response:
+        segs = [s for s in rest.split("/") if s != ""]
+        gvs = {g: v for g, v in group_versions() if g}
+        if not segs or segs[0] not in gvs:
+            raise errors.path_not_found(request.url.path)
+        group = segs[0]
+        if len(segs) == 1:
+            gv = {"groupVersion": f"{group}/{gvs[group]}", "version": gvs[group]}
+            return json_response({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [gv],
+                                  "preferredVersion": gv})
+        if segs[1] != gvs[group]:
+            raise errors.path_not_found(request.url.path)
+        if len(segs) == 2:
+            if request.method != "GET":
+                raise errors.method_not_allowed()
+            return json_response(resource_list(group, segs[1]))
+        return await handle(request, registry, parse_target(group, segs[1], segs[2:], request.url.path))
+
+    return app
+
+
+def _params(request: Request) -> dict[str, str]:
+    return dict(request.query_params.items())
+
+
+async def handle(request: Request, registry: Registry, t: Target) -> Response:
+    params = _params(request)
+    method = request.method
+    accept = request.headers.get("accept", "")
+    check_accept(accept)
+    table = wants_table(accept)
+    content_type = request.headers.get("content-type", "")
+    rt = t.rt
+
+    if t.name is None:  # collection
+        if method == "GET":
+            opts = list_options(rt, params)
+            if params.get("watch", "").lower() in ("1", "true"):
+                return watch_response(registry, t, opts, table, params)
+            items, meta = await registry.list(rt, t.namespace, opts)
+            if table:
+                return json_response(printers.to_table(rt.name, items, list_metadata=meta,
+                                                       include_object=params.get("includeObject", "Metadata")))
+            return json_response({"kind": rt.list_kind_name, "apiVersion": rt.api_version, "metadata": meta,
+                                  "items": items})
+        if method == "POST":
+            if rt.namespaced and t.namespace is None:
+                raise errors.method_not_allowed(f"create {rt.name} in a namespace: POST /.../namespaces/NS/{rt.name}")
+            body = decode_body(await read_body(request), content_type)
+            return result_response(await registry.create(rt, t.namespace, body, params), rt, table, params)
+        if method == "DELETE":
+            if "deletecollection" not in rt.verbs:
+                raise errors.method_not_allowed()
+            body = decode_body(await read_body(request), content_type, required=False) or {}
+            return result_response(await registry.delete_collection(rt, t.namespace, body, params), rt, False, params)
+        raise errors.method_not_allowed()
+
+    name = t.name
+    if t.sub == "scale":
+        if method == "GET":
+            return json_response(await registry.get_scale(rt, t.namespace, name))
+        if method in ("PUT", "PATCH"):
+            body = decode_body(await read_body(request), content_type)
+            ctype = content_type.split(";")[0].strip() if method == "PATCH" else None
+            res = await registry.update_scale(rt, t.namespace, name, ctype, body, params)
+            return json_response(res.body, res.code, res.warnings)
+        raise errors.method_not_allowed()
+    if t.sub == "binding":
+        if method != "POST":
+            raise errors.method_not_allowed()
+        body = decode_body(await read_body(request), content_type)
+        res = await registry.bind(rt, t.namespace, name, body)
+        return json_response(res.body, res.code)
+
+    if method == "GET":
+        obj = await registry.get(rt, t.namespace, name)
+        if table and not t.sub:
+            return json_response(printers.to_table(rt.name, [obj], include_object=params.get("includeObject",
+                                                                                             "Metadata")))
+        return json_response(obj)
+    if method == "PUT":
+        if t.sub not in ("", "status", "finalize"):
+            raise errors.method_not_allowed()
+        body = decode_body(await read_body(request), content_type)
+        res = await registry.update(rt, t.namespace, name, body, params, t.sub)
+        return result_response(res, rt, table, params)
+    if method == "PATCH":
+        if t.sub not in ("", "status"):
+            raise errors.method_not_allowed()
+        ctype = content_type.split(";")[0].strip().lower()
+        if ctype not in PATCH_TYPES:
+            raise errors.unsupported_media_type(content_type)
+        raw = await read_body(request)
+        body = decode_body(raw, "application/yaml" if ctype.endswith("yaml") else JSON)
+        res = await registry.patch(rt, t.namespace, name, ctype, body, params, t.sub)
+        return result_response(res, rt, table, params)
+    if method == "DELETE":
+        if t.sub:
+            raise errors.method_not_allowed()
+        body = decode_body(await read_body(request), content_type, required=False) or {}
+        res = await registry.delete(rt, t.namespace, name, body, params)
+        return result_response(res, rt, False, params)
+    raise errors.method_not_allowed()
+
+
+def result_response(res: Result, rt: ResourceType, table: bool, params: dict[str, str]) -> Response:
+    body = res.body
+    if table and isinstance(body, dict) and body.get("kind") == rt.kind:
+        body = printers.to_table(rt.name, [body], include_object=params.get("includeObject", "Metadata"))
+    return json_response(body, res.code, res.warnings)
+
+
+def watch_response(registry: Registry, t: Target, opts: Any, table: bool, params: dict[str, str]) -> Response:
+    include = params.get("includeObject", "Metadata")
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for ev in registry.watch(t.rt, t.namespace, opts):
+            obj = ev["object"]
+            if table and ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                obj = printers.to_table(t.rt.name, [obj], include_object=include)
+            yield dumps({"type": ev["type"], "object": obj}) + b"\n"
+
+    return StreamingResponse(stream(), media_type=JSON, headers={"Cache-Control": "no-cache, private"})

@@ -1,0 +1,109 @@
+"""The `kubeling` command: one entry point, one subcommand per daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from . import __version__
+
+
+class LogfmtFormatter(logging.Formatter):
+    """One line per record: time level logger message (key=value pairs)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        line = f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname.lower()} " \
+               f"logger={record.name} {msg}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.WARNING))
+
+
+def run_async(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def add_apiserver_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default="127.0.0.1:6443", metavar="HOST:PORT",
+                   help="address to serve the API on (default %(default)s)")
+    p.add_argument("--data-dir", default="/var/lib/kubeling", metavar="DIR",
+                   help="state directory: the store and admin.kubeconfig live here (default %(default)s)")
+    p.add_argument("--store", default="", metavar="URL",
+                   help="store URL, e.g. sqlite:///DIR/state.db (default: sqlite in the data dir)")
+    p.add_argument("--service-cidr", default="10.96.0.0/12", help="ClusterIP range (default %(default)s)")
+    p.add_argument("--service-node-port-range", default="30000-32767", help="NodePort range (default %(default)s)")
+    p.add_argument("--compact-interval", type=float, default=300.0, metavar="SECONDS",
+                   help="how often old revisions are compacted (default %(default)s)")
+    p.add_argument("--compact-keep", type=int, default=10_000, metavar="N",
+                   help="revisions kept behind the newest at each compaction (default %(default)s)")
+    p.add_argument("--bookmark-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="how often idle watches that asked for bookmarks get one (default %(default)s)")
+
+
+def cmd_apiserver(args: argparse.Namespace) -> int:
+    from apiserver.server import ServerConfig, StartupError, serve
+
+    cfg = ServerConfig(listen=args.listen, data_dir=args.data_dir, store=args.store, service_cidr=args.service_cidr,
+                       node_port_range=args.service_node_port_range, compact_interval=args.compact_interval,
+                       compact_keep=args.compact_keep, bookmark_interval=args.bookmark_interval)
+    try:
+        run_async(serve(cfg))
+    except StartupError as e:
+        print(f"kubeling {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubeling",
+        description="A Kubernetes-compatible node toolkit: control plane and node daemons in readable Python.")
+    parser.add_argument("--version", action="version", version=f"kubeling {__version__}")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (default %(default)s: quiet)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("apiserver", help="run the Kubernetes API server",
+                       description="Serve the Kubernetes REST API on a durable store. Writes DATA_DIR/admin.kubeconfig "
+                                   "for kubectl.")
+    add_apiserver_args(p)
+    p.set_defaults(func=cmd_apiserver)
+    p = sub.add_parser("server", help="run the control plane in one process (apiserver; scheduler and controllers "
+                                      "join it as they land)",
+                       description="The whole control plane in one process, like k3s: apiserver now; the scheduler "
+                                   "and controllers run beside it once they exist.")
+    add_apiserver_args(p)
+    p.set_defaults(func=cmd_apiserver)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    setup_logging(args.log_level)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -250,11 +250,14 @@ def create_app(registry: Registry) -> FastAPI:
         return json_response(openapi.openapi_v3_root())
 
     @app.get("/openapi/v3/{gv:path}")
-    async def openapi_gv(gv: str) -> Response:
+    async def openapi_gv(request: Request, gv: str) -> Response:
         doc = openapi.openapi_v3_group_version(gv)
         if doc is None:
             raise errors.path_not_found(f"/openapi/v3/{gv}")
-        return json_response(doc)
+        return Response(openapi.canonical_bytes(doc), media_type=JSON,
+                        headers={"ETag": f'"{openapi.openapi_v3_hash(gv)}"',
+                                 "Cache-Control": "public, immutable" if request.query_params.get("hash")
+                                 else "no-cache, private"})
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 

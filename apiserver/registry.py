@@ -266,17 +266,17 @@ class Registry:
         obj.setdefault("metadata", {})
         problems = schema.type_errors(rt.api_version, rt.kind, obj)
         if problems:
-            raise errors.bad_request("; ".join(problems))
+            raise errors.bad_request(schema.decode_error(rt.api_version, rt.kind, problems[0]))
         mode = params.get("fieldValidation", "Warn") or "Warn"
         if mode not in ("Ignore", "Warn", "Strict"):
             raise errors.bad_request(f'fieldValidation must be one of "Ignore", "Warn" or "Strict", not {mode!r}')
         unknown = schema.unknown_fields(rt.api_version, rt.kind, obj)
         if unknown:
-            texts = [f'unknown field "{p.lstrip(".")}"' for p in unknown]
             if mode == "Strict":
-                raise errors.bad_request("strict decoding error: " + ", ".join(texts))
+                raise errors.bad_request(schema.decode_error(rt.api_version, rt.kind,
+                                                             schema.strict_decoding_error(unknown)))
             if mode == "Warn":
-                warnings.extend(texts)
+                warnings.extend(schema.unknown_field_warnings(unknown))
             for p in unknown:
                 _prune_path(obj, p)
         return obj

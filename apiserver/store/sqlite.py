@@ -101,12 +101,13 @@ class SQLiteStore:
         try:
             self._wconn = _connect(path)
             self._wconn.executescript(SCHEMA)
+            result = self._wconn.execute("PRAGMA quick_check").fetchone()[0] if check_integrity else "ok"
         except sqlite3.Error as e:
             raise StoreError(f"cannot open SQLite store {path}: {e}") from e
-        if check_integrity:
-            result = self._wconn.execute("PRAGMA quick_check").fetchone()[0]
-            if result != "ok":
-                raise StoreError(f"SQLite store {path} failed its integrity check: {result}")
+        if result != "ok":
+            self._wconn.close()
+            raise StoreError(f"SQLite store {path} failed its integrity check: {result}; restore it from a "
+                             f"backup or move it away to start empty")
         self._rconn = _connect(path)  # reads on the event loop's thread
         self._local = threading.local()  # reads in the executor's threads
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-read")

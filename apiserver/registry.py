@@ -28,7 +28,16 @@ from kube.api.resources import ResourceType, lookup
 from . import errors
 from .allocators import AllocationError, ClusterIPAllocator, PortAllocator
 from .errors import APIError
-from .store.base import KV, Compacted, Event, KeyExists, KeyNotFound, RevisionConflict, Store, StoreUnavailable
+from .store.base import (
+    KV,
+    Compacted,
+    Event,
+    KeyExists,
+    KeyNotFound,
+    RevisionConflict,
+    Store,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("kubeling.registry")
 

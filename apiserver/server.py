@@ -4,13 +4,15 @@ write the admin kubeconfig, serve until SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -116,6 +118,15 @@ preferences: {{}}
     os.replace(tmp, path)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, minus its signal handling: the caller owns SIGTERM/SIGINT and
+    shuts the store down cleanly after the last request."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def _compactor(registry: Registry, interval: float, keep: int) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -128,7 +139,7 @@ async def _compactor(registry: Registry, interval: float, keep: int) -> None:
                 log.warning("compaction failed: %s", e)
 
 
-async def serve(cfg: ServerConfig, extra_tasks: list[Callable[[Registry], Awaitable[None]]] | None = None) -> None:
+async def serve(cfg: ServerConfig, extra_tasks: list[Callable[[Registry], Coroutine[Any, Any, None]]] | None = None) -> None:
     host, port = parse_listen(cfg.listen)
     data_dir = prepare_data_dir(cfg.data_dir)
     ports = parse_port_range(cfg.node_port_range)
@@ -150,8 +161,7 @@ async def serve(cfg: ServerConfig, extra_tasks: list[Callable[[Registry], Awaita
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
     write_kubeconfig(os.path.join(data_dir, "admin.kubeconfig"), f"http://{url_host}:{port}")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = _Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))

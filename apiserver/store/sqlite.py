@@ -92,6 +92,11 @@ class _Watcher:
     queue: asyncio.Queue[Event | None] = field(default_factory=asyncio.Queue)
 
 
+Batch = list[_Op]
+Outcomes = list[tuple[_Op, Any, BaseException | None]]
+Events = list[Event]
+
+
 class SQLiteStore:
     def __init__(self, path: str, *, check_integrity: bool = True) -> None:
         self.path = path
@@ -227,9 +232,9 @@ class SQLiteStore:
                 batch.append(nxt)
             self._commit_batch(conn, batch)
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
-        events: list[Event] = []
+    def _commit_batch(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        outcomes: Outcomes = []
+        events: Events = []
         compact_to = 0
         start_rev = self._wrev
         try:
@@ -308,7 +313,7 @@ class SQLiteStore:
         conn.execute("UPDATE meta SET value=? WHERE name='compacted'", (rev,))
         return rev
 
-    def _resolve(self, outcomes: list[tuple[_Op, Any, BaseException | None]], events: list[Event], compact_to: int) -> None:
+    def _resolve(self, outcomes: Outcomes, events: Events, compact_to: int) -> None:
         """On the event loop: publish the batch's events, then answer the writers."""
         if compact_to > self._compacted:
             self._compacted = compact_to
@@ -335,7 +340,7 @@ class SQLiteStore:
 
     # -- watch ------------------------------------------------------------
 
-    def _events_from_disk(self, prefix: str, after: int, limit: int) -> tuple[int, list[Event]]:
+    def _events_from_disk(self, prefix: str, after: int, limit: int) -> tuple[int, Events]:
         """(compaction mark, events) read in one transaction, so a compaction
         racing the read cannot hide a gap."""
         conn = self._reader()
@@ -359,7 +364,7 @@ class SQLiteStore:
             last = from_rev
             if from_rev < self._rev:
                 if self._history and self._history[0].rev <= from_rev + 1:
-                    replay: list[Event] = [e for e in self._history if e.rev > from_rev and e.key.startswith(prefix)]
+                    replay: Events = [e for e in self._history if e.rev > from_rev and e.key.startswith(prefix)]
                     for ev in replay:
                         yield ev
                         last = ev.rev

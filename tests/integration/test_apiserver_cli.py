@@ -69,3 +69,12 @@ def test_help_lists_the_commands() -> None:
     assert p.returncode == 0 and "apiserver" in p.stdout and "server" in p.stdout
     p = run_cli("apiserver", "--help")
     assert p.returncode == 0 and "--data-dir" in p.stdout and "--listen" in p.stdout
+
+
+def test_sigterm_stops_cleanly(apiserver) -> None:
+    proc = apiserver.proc
+    assert proc is not None
+    proc.terminate()
+    assert proc.wait(10) == 0
+    assert "apiserver stopped" in apiserver.log.read_text()
+    apiserver.proc = None

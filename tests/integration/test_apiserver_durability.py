@@ -24,7 +24,7 @@ def test_acknowledged_writes_survive_sigkill(apiserver) -> None:
     for round_ in range(6):
         stop = threading.Event()
 
-        def writer() -> None:
+        def writer(stop: threading.Event = stop, round_: int = round_) -> None:
             nonlocal seq, counter_acked, highest_rv
             with httpx.Client(base_url=apiserver.url, timeout=5) as c:
                 while not stop.is_set():

@@ -606,11 +606,13 @@ class Registry:
                 nm.pop(k, None)
         if rt.namespaced:
             nm["namespace"] = om.get("namespace")
-        if has_status and rt.name != "nodes" or rt.name == "namespaces":
+        if has_status:
             if "status" in old:
                 new["status"] = copy.deepcopy(old["status"])
             else:
                 new.pop("status", None)
+        if rt.name == "services":
+            self._keep_allocations(new, old)
         if rt.group in GENERATION_GROUPS:
             gen = int(om.get("generation") or 1)
             if new.get("spec") != old.get("spec"):
@@ -620,6 +622,25 @@ class Registry:
             nm.pop("generation", None)
         nm["resourceVersion"] = om["resourceVersion"]
         return new
+
+    @staticmethod
+    def _keep_allocations(new: dict[str, Any], old: dict[str, Any]) -> None:
+        """An update that leaves out the allocated clusterIP / nodePorts keeps them (as upstream)."""
+        spec, old_spec = new.get("spec"), old.get("spec") or {}
+        if not isinstance(spec, dict):
+            return
+        if not spec.get("clusterIP") and old_spec.get("clusterIP"):
+            spec["clusterIP"] = old_spec["clusterIP"]
+            if not spec.get("clusterIPs"):
+                spec["clusterIPs"] = old_spec.get("clusterIPs") or [old_spec["clusterIP"]]
+        if spec.get("type", "ClusterIP") in ("NodePort", "LoadBalancer"):
+            allocated = {(p.get("port"), p.get("protocol", "TCP")): p["nodePort"]
+                         for p in old_spec.get("ports") or [] if isinstance(p, dict) and p.get("nodePort")}
+            for p in spec.get("ports") or []:
+                if isinstance(p, dict) and not p.get("nodePort"):
+                    got = allocated.get((p.get("port"), p.get("protocol", "TCP")))
+                    if got:
+                        p["nodePort"] = got
 
     @staticmethod
     def _finalized(rt: ResourceType, obj: dict[str, Any]) -> bool:

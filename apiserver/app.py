@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kube.api.resources import RESOURCES, ResourceType, group_versions, lookup
 
-from . import errors, openapi, printers
+from . import errors, openapi, printers, protobuf
 from .errors import APIError
 from .registry import Registry, Result, list_options
 
@@ -103,6 +103,11 @@ def decode_body(raw: bytes, content_type: str, *, required: bool = True) -> Any:
         except orjson.JSONDecodeError as e:
             if mt not in ("", "text/plain", "application/x-www-form-urlencoded"):
                 raise errors.bad_request(f"the body is not valid JSON: {e}") from None
+    elif mt == protobuf.MEDIA_TYPE:  # kubectl's typed clients (create namespace/deployment/...) send protobuf
+        try:
+            return protobuf.decode_k8s_protobuf(raw)
+        except protobuf.ProtobufError as e:
+            raise errors.bad_request(f"the protobuf body could not be decoded: {e}") from None
     elif mt not in ("application/yaml", "application/x-yaml", "text/yaml") and not mt.endswith("+yaml"):
         raise errors.unsupported_media_type(content_type)
     try:

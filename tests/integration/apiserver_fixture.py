@@ -1,0 +1,111 @@
+"""A real `kubeling apiserver` process on a free 127.0.0.1 port, for integration tests.
+
+    from apiserver_fixture import ApiServer, apiserver, fresh_apiserver  # noqa: F401  (fixtures)
+
+    def test_x(apiserver: ApiServer) -> None:
+        client = Client.from_kubeconfig(apiserver.kubeconfig)
+
+The process is stopped by its recorded PID (never by name); restart() brings it back on the
+same port and data dir, as after a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ApiServer:
+    def __init__(self, data_dir: str, port: int | None = None, args: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.args = args
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.kubeconfig = os.path.join(data_dir, "admin.kubeconfig")
+        self.log_path = os.path.join(data_dir, "apiserver.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kubeling.cli", "apiserver", "--listen", f"127.0.0.1:{self.port}",
+                 "--data-dir", self.data_dir, *self.args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the apiserver exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200 and os.path.exists(self.kubeconfig):
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the apiserver did not become ready in {timeout}s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+    def kill(self) -> None:
+        """Crash it: SIGKILL, no graceful shutdown."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+
+def start_apiserver(*args: str) -> Iterator[ApiServer]:
+    with tempfile.TemporaryDirectory(prefix="kubeling-client-test-") as d:
+        srv = ApiServer(d, args=args)
+        srv.start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+
+@pytest.fixture(scope="module")
+def apiserver() -> Iterator[ApiServer]:
+    """One apiserver shared by a test module: give each test its own namespace."""
+    yield from start_apiserver()
+
+
+@pytest.fixture
+def fresh_apiserver() -> Iterator[ApiServer]:
+    """An apiserver of the test's own, which it may kill and restart."""
+    yield from start_apiserver()

@@ -222,15 +222,6 @@ def create_app(registry: Registry) -> FastAPI:
         log.exception("internal error on %s %s", request.method, request.url.path)
         return status_response(errors.internal(f"{type(exc).__name__}: {exc}"))
 
-    @app.middleware("http")
-    async def _access_log(request: Request, call_next: Any) -> Any:
-        t0 = time.perf_counter()
-        resp = await call_next(request)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("request method=%s path=%s code=%s ms=%.1f", request.method, request.url.path,
-                      resp.status_code, (time.perf_counter() - t0) * 1000)
-        return resp
-
     @app.get("/version")
     async def version() -> Response:
         return json_response(VERSION)
@@ -264,22 +255,22 @@ def create_app(registry: Registry) -> FastAPI:
                                  "Cache-Control": "public, immutable" if request.query_params.get("hash")
                                  else "no-cache, private"})
 
+    # The API roots are plain Starlette routes: FastAPI's parameter solving
+    # would cost more per request than the registry itself.
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
-    @app.api_route("/api/{rest:path}", methods=methods)
-    async def core(request: Request, rest: str) -> Response:
-        segs = [s for s in rest.split("/") if s != ""]
+    async def core(request: Request) -> Response:
+        segs = [s for s in request.path_params["rest"].split("/") if s != ""]
         if not segs or segs[0] != "v1":
             raise errors.path_not_found(request.url.path)
         if len(segs) == 1:
             if request.method != "GET":
                 raise errors.method_not_allowed()
             return json_response(resource_list("", "v1"))
-        return await handle(request, registry, parse_target("", "v1", segs[1:], request.url.path))
+        return await timed(request, registry, parse_target("", "v1", segs[1:], request.url.path))
 
-    @app.api_route("/apis/{rest:path}", methods=methods)
-    async def named(request: Request, rest: str) -> Response:
-        segs = [s for s in rest.split("/") if s != ""]
+    async def named(request: Request) -> Response:
+        segs = [s for s in request.path_params["rest"].split("/") if s != ""]
         gvs = {g: v for g, v in group_versions() if g}
         if not segs or segs[0] not in gvs:
             raise errors.path_not_found(request.url.path)
@@ -294,9 +285,29 @@ def create_app(registry: Registry) -> FastAPI:
             if request.method != "GET":
                 raise errors.method_not_allowed()
             return json_response(resource_list(group, segs[1]))
-        return await handle(request, registry, parse_target(group, segs[1], segs[2:], request.url.path))
+        return await timed(request, registry, parse_target(group, segs[1], segs[2:], request.url.path))
 
+    app.add_route("/api/{rest:path}", core, methods=methods)
+    app.add_route("/apis/{rest:path}", named, methods=methods)
     return app
+
+
+async def timed(request: Request, registry: Registry, t: Target) -> Response:
+    """handle(), with a debug line per request (cheap when debug is off)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return await handle(request, registry, t)
+    t0 = time.perf_counter()
+    code = 500
+    try:
+        resp = await handle(request, registry, t)
+        code = resp.status_code
+        return resp
+    except APIError as e:
+        code = e.code
+        raise
+    finally:
+        log.debug("request method=%s path=%s code=%d ms=%.1f", request.method, request.url.path, code,
+                  (time.perf_counter() - t0) * 1000)
 
 
 def _params(request: Request) -> dict[str, str]:

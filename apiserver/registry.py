@@ -380,8 +380,10 @@ class Registry:
             meta.pop("namespace", None)
         await self._check_namespace(rt, ns, creating=True)
         dry_run = bool(params.get("dryRun"))
+        generated = not meta.get("name") and bool(meta.get("generateName"))
+        pristine = copy.deepcopy(obj) if generated else None  # each name attempt starts from the request
         for attempt in range(8):
-            o = copy.deepcopy(obj) if attempt or not dry_run else obj
+            o = copy.deepcopy(pristine) if pristine is not None else obj
             m = o["metadata"]
             if not m.get("name") and m.get("generateName") and isinstance(m["generateName"], str):
                 m["name"] = m["generateName"][:58] + "".join(random.choice(NAME_CHARS) for _ in range(5))
@@ -400,7 +402,7 @@ class Registry:
             except KeyExists:
                 for u in undo:
                     u()
-                if obj["metadata"].get("name") or attempt == 7:
+                if not generated or attempt == 7:
                     raise errors.already_exists(rt, m["name"]) from None
                 continue
             except BaseException:

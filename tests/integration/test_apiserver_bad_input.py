@@ -146,7 +146,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    from conftest import ApiServer, free_port  # type: ignore[import-not-found]
+    from apiserver_proc import ApiServer, free_port
 
     srv = ApiServer(tmp_path_factory.mktemp("bad-input") / "data", free_port())
     srv.start()

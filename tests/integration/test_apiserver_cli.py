@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import free_port  # type: ignore[import-not-found]
+from apiserver_proc import free_port
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -76,5 +76,5 @@ def test_sigterm_stops_cleanly(apiserver) -> None:
     assert proc is not None
     proc.terminate()
     assert proc.wait(10) == 0
-    assert "apiserver stopped" in apiserver.log.read_text()
+    assert "apiserver stopped" in apiserver.log()
     apiserver.proc = None

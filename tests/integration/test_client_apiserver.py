@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from apiserver_fixture import ApiServer, apiserver, fresh_apiserver, start_apiserver  # noqa: F401
+from apiserver_proc import ApiServer, apiserver, fresh_apiserver, start_apiserver  # noqa: F401
 
 from kube.client import ApiError, AsyncClient, Client, Informer, WorkQueue, load_kubeconfig
 

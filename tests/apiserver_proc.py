@@ -1,6 +1,9 @@
 """A real `kubeling apiserver` process on a free 127.0.0.1 port, for integration tests.
 
-    from apiserver_fixture import ApiServer, apiserver, fresh_apiserver  # noqa: F401  (fixtures)
+    from apiserver_proc import ApiServer, apiserver, fresh_apiserver  # noqa: F401  (fixtures)
+
+(tests/conftest.py also offers the function-scoped `apiserver` and
+`apiserver_factory` fixtures built on the same class.)
 
     def test_x(apiserver: ApiServer) -> None:
         client = Client.from_kubeconfig(apiserver.kubeconfig)
@@ -32,8 +35,9 @@ def free_port() -> int:
 
 
 class ApiServer:
-    def __init__(self, data_dir: str, port: int | None = None, args: tuple[str, ...] = ()) -> None:
-        self.data_dir = data_dir
+    def __init__(self, data_dir: str | Path, port: int | None = None, args: tuple[str, ...] = ()) -> None:
+        self.data_dir = str(data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
         self.port = port or free_port()
         self.args = args
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,7 +49,7 @@ class ApiServer:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubeling.cli", "apiserver", "--listen", f"127.0.0.1:{self.port}",
+                [sys.executable, "-m", "kubeling.cli", "--log-level", "info", "apiserver", "--listen", f"127.0.0.1:{self.port}",
                  "--data-dir", self.data_dir, *self.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:

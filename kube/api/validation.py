@@ -423,6 +423,19 @@ class _Errs(list[FieldError]):
         for m in msgs:
             self.append(invalid(path, value, m))
 
+    def unique_label_name(self, path: str, name: Any, seen: set[str], *, required_: bool = True) -> None:
+        """A list element's `name`: present, a DNS-1123 label, not seen before in the list."""
+        if not name:
+            if required_:
+                self.append(required(path, ""))
+        elif not isinstance(name, str):
+            self.append(invalid(path, name, "must be a string"))
+        else:
+            self.add_msgs(path, name, dns1123_label_errors(name))
+            if name in seen:
+                self.append(duplicate(path, name))
+            seen.add(name)
+
     def check_type(self, path: str, value: Any, want: type | tuple[type, ...], what: str) -> bool:
         """True when value is of the wanted JSON type; reports an error otherwise."""
         if isinstance(value, bool) and bool not in (want if isinstance(want, tuple) else (want,)):
@@ -969,16 +982,7 @@ def _validate_volumes(volumes: Any, path: str) -> tuple[list[FieldError], set[st
         if not isinstance(v, dict):
             errs.append(invalid(p, v, "must be an object"))
             continue
-        name = v.get("name")
-        if not name:
-            errs.append(required(f"{p}.name", ""))
-        elif not isinstance(name, str):
-            errs.append(invalid(f"{p}.name", name, "must be a string"))
-        else:
-            errs.add_msgs(f"{p}.name", name, dns1123_label_errors(name))
-            if name in names:
-                errs.append(duplicate(f"{p}.name", name))
-            names.add(name)
+        errs.unique_label_name(f"{p}.name", v.get("name"), names)
         sources = [s for s in _VOLUME_SOURCES if v.get(s) is not None]
         if not sources:
             errs.append(required(p, "must specify a volume type"))
@@ -1087,16 +1091,7 @@ def validate_pod_spec(spec: Any, path: str = "spec") -> list[FieldError]:
             if not isinstance(c, dict):
                 errs.append(invalid(p, c, "must be an object"))
                 continue
-            name = c.get("name")
-            if not name:
-                errs.append(required(f"{p}.name", ""))
-            elif not isinstance(name, str):
-                errs.append(invalid(f"{p}.name", name, "must be a string"))
-            else:
-                errs.add_msgs(f"{p}.name", name, dns1123_label_errors(name))
-                if name in names:
-                    errs.append(duplicate(f"{p}.name", name))
-                names.add(name)
+            errs.unique_label_name(f"{p}.name", c.get("name"), names)
             errs.extend(_validate_container(c, p, volumes, host_ports))
 
     errs.enum(f"{path}.restartPolicy", spec.get("restartPolicy"), _RESTART_POLICIES)
@@ -1388,17 +1383,7 @@ def _validate_service(obj: dict[str, Any]) -> list[FieldError]:
         if not isinstance(port, dict):
             errs.append(invalid(p, port, "must be an object"))
             continue
-        name = port.get("name")
-        if not name:
-            if len(ports) > 1:
-                errs.append(required(f"{p}.name", ""))
-        elif not isinstance(name, str):
-            errs.append(invalid(f"{p}.name", name, "must be a string"))
-        else:
-            errs.add_msgs(f"{p}.name", name, dns1123_label_errors(name))
-            if name in names:
-                errs.append(duplicate(f"{p}.name", name))
-            names.add(name)
+        errs.unique_label_name(f"{p}.name", port.get("name"), names, required_=len(ports) > 1)
         if port.get("port") in (None, 0):
             errs.append(required(f"{p}.port", ""))
         else:

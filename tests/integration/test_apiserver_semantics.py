@@ -191,3 +191,21 @@ def test_bookmarks_on_idle_watch(apiserver_factory) -> None:
                 break
         else:
             pytest.fail("no bookmark arrived")
+
+
+def test_field_validation_modes_and_body_formats(c) -> None:
+    body = {"metadata": {"name": "fv"}, "data": {"a": "b"}, "bogus": 1}
+    r = c.post(f"{NS}/configmaps", json=body)  # default Warn: accepted, field dropped, warning sent
+    assert r.status_code == 201 and "bogus" not in r.json()
+    assert 'unknown field \\"bogus\\"' in r.headers["warning"]
+    r = c.post(f"{NS}/configmaps", params={"fieldValidation": "Ignore"},
+               json={**body, "metadata": {"name": "fv2"}})
+    assert r.status_code == 201 and "warning" not in r.headers and "bogus" not in r.json()
+    r = c.post(f"{NS}/configmaps", params={"fieldValidation": "Strict"}, json={**body, "metadata": {"name": "fv3"}})
+    assert r.status_code == 400 and 'unknown field "bogus"' in r.json()["message"]
+    # YAML, and no Content-Type at all (the official Python client sends none)
+    yml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n"
+    r = c.post(f"{NS}/configmaps", content=yml, headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 201 and r.json()["data"] == {"k": "v"}
+    r = c.post(f"{NS}/configmaps", content=b'{"metadata":{"name":"no-ctype"}}', headers={"Content-Type": ""})
+    assert r.status_code == 201

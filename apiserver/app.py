@@ -363,7 +363,17 @@ async def handle(request: Request, registry: Registry, t: Target) -> Response:
         res = await registry.bind(rt, t.namespace, name, body)
         return json_response(res.body, res.code)
 
+    if t.sub == "log":
+        if method != "GET":
+            raise errors.method_not_allowed()
+        pod = await registry.get(rt, t.namespace, name)
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node:
+            raise errors.bad_request(f'pod "{name}" does not have a host assigned')
+        raise errors.unavailable(f'logs of pod "{name}" live on node "{node}", and no node agent serves them yet')
     if method == "GET":
+        if t.sub == "finalize":
+            raise errors.method_not_allowed()
         obj = await registry.get(rt, t.namespace, name)
         if table and not t.sub:
             return json_response(printers.to_table(rt.name, [obj], include_object=params.get("includeObject",

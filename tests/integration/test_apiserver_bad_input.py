@@ -139,6 +139,8 @@ CASES = [
          reason="BadRequest"),
     Case("scale-negative", "PATCH", f"{DEPLOYS}/web/scale", {"spec": {"replicas": -2}},
          content_type="application/merge-patch+json", code=422, reason="Invalid"),
+    Case("logs-of-unscheduled-pod", "GET", f"{PODS}/running/log", code=400, reason="BadRequest"),
+    Case("get-finalize", "GET", "/api/v1/namespaces/default/finalize", code=405, reason="MethodNotAllowed"),
     Case("bind-twice", "POST", f"{PODS}/bound/binding", {"apiVersion": "v1", "kind": "Binding",
          "metadata": {"name": "bound"}, "target": {"kind": "Node", "name": "n2"}}, code=409, reason="Conflict"),
 ]

@@ -6,7 +6,8 @@ the same semantics.  Every failure raises CNIError(code, msg, details).
 
 `host_netns` names the namespace that plays the node (None = the current
 one): a name under /var/run/netns or a path.  Nothing here calls setns():
-sockets in other namespaces come from pyroute2's fork-a-child helper.
+sockets in other namespaces come from cni.nsfd's fork-a-child helper (unless
+the executable, single-threaded, called nsfd.allow_setns()).
 
 All operations on one network hold its IPAM lock for their whole duration,
 so ADD, DEL, CHECK and GC of one network never interleave (parallel ADDs are
@@ -19,22 +20,24 @@ import contextlib
 import errno
 import ipaddress
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
 
 from cni import config as cfg
 from cni import errors as E
+from cni import trace
 from cni.config import NetConf, Range
 from cni.errors import CNIError
 from cni.ipam import Store
 from cni.netlink import Link, Netlink, NetlinkError
 from cni.result import convert, is_v1, merge
 
+TYPE_CHECKING = False  # typing costs ~2.5 ms to import in an exec'd plugin; mypy reads this block
+if TYPE_CHECKING:
+    from typing import Any
+
 VETH_PREFIX = "klv"
-VETH_RE = re.compile(r"^klv[0-9a-f]{12}$")
 ALIAS_PREFIX = "kubeling-cni"
 
 
@@ -46,6 +49,11 @@ def host_veth_name(network: str, container_id: str, ifname: str) -> str:
         from hashlib import sha256
     digest = sha256(f"{network}/{container_id}/{ifname}".encode()).hexdigest()
     return VETH_PREFIX + digest[:12]
+
+
+def is_host_veth_name(name: str) -> bool:
+    """Shaped like host_veth_name(): 'klv' + 12 lowercase hex digits (no re: see config.py)."""
+    return len(name) == 15 and name.startswith(VETH_PREFIX) and all(c in "0123456789abcdef" for c in name[3:])
 
 
 def _alias(network: str, container_id: str, ifname: str) -> str:
@@ -210,21 +218,25 @@ def add(config: dict[str, Any] | NetConf, container_id: str, netns: str, ifname:
         store = res.enter_context(Store(conf.network_dir))
         with _step("opening netlink in the node namespace", E.IO_FAILURE):
             node = res.enter_context(Netlink(host_netns))
+        trace.mark("add: IPAM lock, node netlink")
         if store.find(container_id, ifname):
             raise CNIError(E.ATTACHMENT_EXISTS,
                            f"container {container_id} already has interface {ifname} on network {conf.name}",
                            "DEL the attachment before adding it again")
         br, masq_checks = _ensure_node(node, conf, host_netns, res)
+        trace.mark("add: bridge, ip_forward (ipMasq check started)")
         with _step(f"opening netlink in {pod_path}", E.UNKNOWN_CONTAINER):
             pod = res.enter_context(Netlink(pod_path))
         with _step(f"looking up {ifname} in {pod_path}"):
             if pod.link_get(ifname) is not None:
                 raise CNIError(E.INTERFACE_EXISTS, f"interface {ifname} already exists in {pod_path}",
                                "choose another CNI_IFNAME or DEL the attachment that owns it")
+        trace.mark("add: pod netlink")
 
         with ExitStack() as undo:
             ip = store.allocate(container_id, ifname, conf.range_sets[0], 0, requested)
             undo.callback(_undo, store.release_ip, ip)
+            trace.mark("add: IP reserved")
             rng = _range_of(conf, ip)
             prefix = rng.subnet.prefixlen
             gateway = str(rng.gateway)
@@ -245,6 +257,7 @@ def add(config: dict[str, Any] | NetConf, container_id: str, netns: str, ifname:
                 finally:
                     os.close(fd)
             undo.callback(_undo, node.link_del_by_name, hname)
+            trace.mark("add: veth created")
 
             with _step(f"attaching {hname} to {conf.bridge}"):
                 hlink = node.link_get(hname)
@@ -270,6 +283,7 @@ def add(config: dict[str, Any] | NetConf, container_id: str, netns: str, ifname:
                     dst = ipaddress.IPv4Network(rt["dst"])
                     pod.route_add(str(dst.network_address), dst.prefixlen, gw, plink.index)
 
+            trace.mark("add: veth attached, pod end configured")
             interfaces = [
                 {"name": conf.bridge, "mac": br.mac},
                 {"name": hname, "mac": hlink.mac},
@@ -281,6 +295,7 @@ def add(config: dict[str, Any] | NetConf, container_id: str, netns: str, ifname:
             result = merge(conf.prev_result, interfaces, [ip_entry], routes, conf.dns, conf.cni_version)
             for chk in masq_checks:
                 chk.finish()
+            trace.mark("add: ipMasq check finished")
             undo.pop_all()
             return result
     raise AssertionError("unreachable")  # pragma: no cover
@@ -412,7 +427,7 @@ def gc(config: dict[str, Any] | NetConf, valid_attachments: list[dict[str, str]]
                 links = node.links()
                 br = next((ln for ln in links if ln.name == conf.bridge), None)
                 for ln in links:
-                    if ln.kind != "veth" or not VETH_RE.match(ln.name) or ln.name in keep:
+                    if ln.kind != "veth" or not is_host_veth_name(ln.name) or ln.name in keep:
                         continue
                     ours = (ln.alias or "").startswith(mine) or (
                         not ln.alias and (ln.master is None or (br is not None and ln.master == br.index)))

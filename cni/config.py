@@ -10,10 +10,8 @@ form, "routes", "dataDir"), so one config serves both.
 from __future__ import annotations
 
 import ipaddress
-import json
-import re
-from typing import Any, NamedTuple
 
+from cni import cjson
 from cni.errors import (
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
@@ -31,27 +29,56 @@ DEFAULT_DATA_DIR = "/var/lib/kubeling/cni/networks"
 IPAM_TYPES = ("host-local", "kubeling-cni", "kubeling")
 IPTABLES_BACKENDS = ("legacy", "nft")
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_IFNAME_BAD = re.compile(r"[/:\s]")
+# names are checked with str methods, not re: the exec path does not import re (~2 ms with enum)
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_NAME_CHARS = _ALNUM | frozenset("_.-")
+
+
+def _valid_name(s: str) -> bool:
+    """[a-zA-Z0-9][a-zA-Z0-9_.-]*"""
+    return bool(s) and s[0] in _ALNUM and all(c in _NAME_CHARS for c in s)
+
+
+def _bad_ifname_char(s: str) -> bool:
+    """Has '/', ':' or whitespace."""
+    return any(c in "/:" or c.isspace() for c in s)
+
+TYPE_CHECKING = False  # typing costs ~2.5 ms to import in an exec'd plugin; mypy reads this block
+if TYPE_CHECKING:
+    from typing import Any
 
 # IPv4 only for now (IPv6 subnets are refused with code 2)
 IPNetwork = ipaddress.IPv4Network
 IPAddr = ipaddress.IPv4Address
 
 
-class Range(NamedTuple):
-    subnet: IPNetwork
-    start: IPAddr
-    end: IPAddr
-    gateway: IPAddr
+class Range:
+    """One IPAM range: the assignable addresses start..end of subnet, minus the gateway.
+
+    Plain classes with __slots__ here and in ipam/netlink, not typing.NamedTuple:
+    the exec'd plugin does not import typing at all (see cni/README.md, Start-up).
+    """
+
+    __slots__ = ("subnet", "start", "end", "gateway")
+
+    def __init__(self, subnet: IPNetwork, start: IPAddr, end: IPAddr, gateway: IPAddr) -> None:
+        self.subnet, self.start, self.end, self.gateway = subnet, start, end, gateway
+
+    def __repr__(self) -> str:
+        return f"Range({self.subnet}, {self.start}-{self.end}, gateway={self.gateway})"
 
     def contains(self, ip: IPAddr) -> bool:
         return ip.version == self.start.version and self.start <= ip <= self.end and ip != self.gateway
 
 
-class Route(NamedTuple):
-    dst: IPNetwork
-    gw: IPAddr | None = None
+class Route:
+    __slots__ = ("dst", "gw")
+
+    def __init__(self, dst: IPNetwork, gw: IPAddr | None = None) -> None:
+        self.dst, self.gw = dst, gw
+
+    def __repr__(self) -> str:
+        return f"Route({self.dst}, gw={self.gw})"
 
 
 class NetConf:
@@ -92,7 +119,7 @@ def version_tuple(v: str) -> tuple[int, int, int]:
 def decode(data: bytes | str) -> dict[str, Any]:
     """Decode stdin bytes into a JSON object, or raise code 6."""
     try:
-        obj = json.loads(data)
+        obj = cjson.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise CNIError(DECODE_FAILURE, "network configuration on stdin is not valid JSON", str(e)) from None
     if not isinstance(obj, dict):
@@ -225,13 +252,13 @@ def parse(raw: dict[str, Any], plugin_type: str = PLUGIN_TYPE, need_ipam: bool =
         raise CNIError(INCOMPATIBLE_VERSION, f"cniVersion {version} is not supported",
                        f"supported versions: {', '.join(SUPPORTED_VERSIONS)}")
     name = _str(p, "name", "network config")
-    if not _NAME_RE.match(name):
+    if not _valid_name(name):
         raise CNIError(INVALID_CONFIG, f"network name {name!r} is invalid",
                        "use letters, digits, '_', '.', '-', starting with a letter or digit")
     ptype = _str(p, "type", "network config")
     conf = NetConf(cni_version=version, name=name, type=ptype, raw=p)
     conf.bridge = _str(p, "bridge", "network config", DEFAULT_BRIDGE)
-    if len(conf.bridge) > 15 or _IFNAME_BAD.search(conf.bridge):
+    if len(conf.bridge) > 15 or _bad_ifname_char(conf.bridge):
         raise CNIError(INVALID_CONFIG, f"bridge name {conf.bridge!r} is not a valid interface name",
                        "use at most 15 characters without '/', ':' or spaces")
     mtu = p.get("mtu", 1500)
@@ -275,13 +302,13 @@ def parse(raw: dict[str, Any], plugin_type: str = PLUGIN_TYPE, need_ipam: bool =
 
 
 def validate_container_id(cid: str) -> None:
-    if not cid or not _NAME_RE.match(cid):
+    if not _valid_name(cid):
         raise CNIError(INVALID_ENV, f"container ID {cid!r} is invalid",
                        "CNI_CONTAINERID must be non-empty, alphanumeric plus '_', '.', '-'")
 
 
 def validate_ifname(ifname: str) -> None:
-    if not ifname or len(ifname) > 15 or ifname in (".", "..") or _IFNAME_BAD.search(ifname):
+    if not ifname or len(ifname) > 15 or ifname in (".", "..") or _bad_ifname_char(ifname):
         raise CNIError(INVALID_ENV, f"interface name {ifname!r} is invalid",
                        "CNI_IFNAME must be 1-15 characters without '/', ':' or spaces")
 

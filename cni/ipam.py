@@ -24,7 +24,6 @@ import os
 import time
 from collections.abc import Iterator
 from types import TracebackType
-from typing import NamedTuple
 
 from cni.config import IPAddr, Range
 from cni.errors import IO_FAILURE, IP_EXHAUSTED, IP_UNAVAILABLE, TRY_AGAIN, CNIError
@@ -34,10 +33,14 @@ CURSOR_PREFIX = "last_reserved_ip."
 TMP_PREFIX = ".tmp-"
 
 
-class Reservation(NamedTuple):
-    ip: IPAddr
-    container_id: str
-    ifname: str
+class Reservation:
+    __slots__ = ("ip", "container_id", "ifname")
+
+    def __init__(self, ip: IPAddr, container_id: str, ifname: str) -> None:
+        self.ip, self.container_id, self.ifname = ip, container_id, ifname
+
+    def __repr__(self) -> str:
+        return f"Reservation({self.ip}, {self.container_id!r}, {self.ifname!r})"
 
 
 def _owner_bytes(container_id: str, ifname: str) -> bytes:
@@ -91,24 +94,40 @@ class Store:
                 _unlink(os.path.join(self.dir, name))
 
     # -- reading -----------------------------------------------------------------
-    def reservations(self) -> list[Reservation]:
-        out: list[Reservation] = []
+    def _owners(self) -> list[tuple[str, str, str]]:
+        """(file name, containerID, ifname) of every reservation file, IPs not parsed yet."""
+        out: list[tuple[str, str, str]] = []
         for name in os.listdir(self.dir):
-            ip = _as_ip(name)
-            if ip is None:
+            if not name[:1].isdigit():  # lock, cursor, temp files
                 continue
-            try:
-                with open(os.path.join(self.dir, name), "rb") as f:
-                    lines = f.read().decode(errors="replace").split("\n")
+            try:  # os.open/read: no file object per reservation (ADD and DEL read them all)
+                fd = os.open(os.path.join(self.dir, name), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
+            try:
+                lines = os.read(fd, 4096).decode(errors="replace").split("\n")
+            finally:
+                os.close(fd)
             cid = lines[0].strip() if lines else ""
             ifname = lines[1].strip() if len(lines) > 1 else ""
-            out.append(Reservation(ip=ip, container_id=cid, ifname=ifname))
+            out.append((name, cid, ifname))
+        return out
+
+    def reservations(self) -> list[Reservation]:
+        out: list[Reservation] = []
+        for name, cid, ifname in self._owners():
+            ip = _as_ip(name)
+            if ip is not None:
+                out.append(Reservation(ip=ip, container_id=cid, ifname=ifname))
         return out
 
     def find(self, container_id: str, ifname: str) -> list[Reservation]:
-        return [r for r in self.reservations() if r.container_id == container_id and r.ifname == ifname]
+        out: list[Reservation] = []
+        for name, cid, ifn in self._owners():
+            ip = _as_ip(name) if cid == container_id and ifn == ifname else None
+            if ip is not None:
+                out.append(Reservation(ip=ip, container_id=cid, ifname=ifn))
+        return out
 
     # -- writing -----------------------------------------------------------------
     def reserve(self, container_id: str, ifname: str, ip: IPAddr) -> bool:

@@ -73,6 +73,18 @@ def cmd_apiserver(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from proxy.main import UsageError, run
+
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"kubeling {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubeling",
@@ -92,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and controllers run beside it once they exist.")
     add_apiserver_args(p)
     p.set_defaults(func=cmd_apiserver)
+    from proxy.main import add_args as add_proxy_args
+    p = sub.add_parser("proxy", help="run the service proxy (kube-proxy, iptables mode) for one node",
+                       description="Program ClusterIP and NodePort Services of the apiserver into iptables on this "
+                                   "node (or inside --netns). Rules survive a stop or crash; --cleanup removes them.")
+    add_proxy_args(p)
+    p.set_defaults(func=cmd_proxy)
     return parser
 
 

@@ -115,6 +115,8 @@ class Proxier:
         self.cfg = cfg
         self.backend = backend
         self.host = host
+        self._host_addrs: list[str] | None = None  # the namespace's addresses, re-read on full syncs
+        self._host_ready = False  # service route + route_localnet done; redone on full syncs
         self.conntrack = conntrack
         self.metrics = metrics or Metrics()
         if render_fn is None or render_cfg is None:
@@ -245,17 +247,41 @@ class Proxier:
 
     # -- one sync --
 
-    def node_info(self) -> NodeInfo:
+    def node_info(self, refresh: bool = False) -> NodeInfo:
         node = self.nodes.get(self.cfg.node_name)
         addrs = node_addresses(node)
         if not addrs and self.host is not None:
-            try:
-                addrs = [a.ip for a in self.host.addresses()]
-            except HostError as e:
-                self.metrics.sync_errors.labels("node").inc()
-                log.warning("reading the node's addresses: %s", e)
+            if refresh or self._host_addrs is None:  # an `ip` fork per sync would cost more than the render
+                try:
+                    self._host_addrs = [a.ip for a in self.host.addresses()]
+                except HostError as e:
+                    self.metrics.sync_errors.labels("node").inc()
+                    log.warning("reading the node's addresses: %s", e)
+            addrs = list(self._host_addrs or [])
         pod_cidr = self.cfg.cluster_cidr or str(((node or {}).get("spec") or {}).get("podCIDR") or "")
         return NodeInfo(name=self.cfg.node_name, addresses=tuple(dict.fromkeys(addrs)), pod_cidr=pod_cidr)
+
+    def _prepare_host(self, node: NodeInfo) -> bool:
+        """The namespace-wide settings the rules rely on (first sync, then each full resync)."""
+        assert self.host is not None
+        ok = True
+        if self.cfg.service_cidr:
+            try:
+                done = self.host.ensure_service_route(self.cfg.service_cidr)
+                if done:
+                    log.info("%s so that ClusterIPs are reachable from the node", done)
+            except HostError as e:
+                ok = False
+                self.metrics.sync_errors.labels("route").inc()
+                log.warning("service route: %s", e)
+        if node.localhost_nodeports:
+            try:
+                self.host.enable_route_localnet()
+            except HostError as e:
+                ok = False
+                self.metrics.sync_errors.labels("route").inc()
+                log.warning("NodePorts on 127.0.0.1 will not answer: %s", e)
+        return ok
 
     def build(self) -> list[ServicePort]:
         return service_ports(self.services.list(), self.slices.list())
@@ -270,15 +296,9 @@ class Proxier:
         stage = "render"
         try:
             ports = self.build()
-            node = self.node_info()
-            if self.host is not None and self.cfg.service_cidr:
-                try:
-                    done = self.host.ensure_service_route(self.cfg.service_cidr)
-                    if done:
-                        log.info("%s so that ClusterIPs are reachable from the node", done)
-                except HostError as e:
-                    self.metrics.sync_errors.labels("route").inc()
-                    log.warning("service route: %s", e)
+            node = self.node_info(refresh=full)
+            if self.host is not None and (full or not self._host_ready):
+                self._host_ready = self._prepare_host(node)
             rendered = self.render_fn(ports, node, self.render_cfg)
             stage = "apply"
             self.backend.apply(rendered, full=full)

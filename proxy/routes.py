@@ -47,6 +47,12 @@ class Host(Protocol):
         """Delete the routes we added; returns how many."""
         ...
 
+    def enable_route_localnet(self) -> None:
+        """Let DNAT of 127.0.0.1:NODEPORT leave the host (net.ipv4.conf.all.route_localnet=1), as
+        kube-proxy does for localhost NodePorts; the renderer's firewall chain drops off-node
+        packets to 127/8 that this would otherwise let in."""
+        ...
+
 
 class IPRouteHost:
     def __init__(self, netns: str | None = None) -> None:
@@ -99,6 +105,11 @@ class IPRouteHost:
                 log.warning("could not turn off ICMP redirects on %s: %s", conf, p.stderr.strip()[:200])
         return f"added route {net} dev {dev} (ICMP redirects off)"
 
+    def enable_route_localnet(self) -> None:
+        p = nsexec.run(self.netns, ["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1"], timeout=10)
+        if p.returncode != 0:
+            raise HostError(f"sysctl net.ipv4.conf.all.route_localnet=1 failed: {p.stderr.strip()[:200]}")
+
     def _route_device(self) -> str:
         links = [lk for lk in self._ip("link", "show") if lk.get("ifname") != "lo"
                  and "LOOPBACK" not in (lk.get("flags") or [])]
@@ -127,6 +138,7 @@ class FakeHost:
         self.addrs = list(addresses or [])
         self.default_route = default_route
         self.routes: list[str] = []
+        self.route_localnet = False
 
     def addresses(self) -> list[Addr]:
         return list(self.addrs)
@@ -140,3 +152,6 @@ class FakeHost:
     def remove_service_routes(self) -> int:
         n, self.routes = len(self.routes), []
         return n
+
+    def enable_route_localnet(self) -> None:
+        self.route_localnet = True

@@ -164,6 +164,9 @@ def test_node_port_on_the_node_address(cluster: Cluster) -> None:
     for client_ns in (cluster.topo.node, cluster.topo.pods["p3"]):
         answers = Counter(http_get(client_ns, node_ip, port, n=40))
         assert set(answers) == {"p0", "p2"}, answers
+    # and on the node's own 127.0.0.1, as kube-proxy's localhost NodePorts (route_localnet)
+    answers = Counter(http_get(cluster.topo.node, "127.0.0.1", port, n=20))
+    assert set(answers) == {"p0", "p2"}, answers
 
 
 def test_service_without_endpoints_is_rejected_fast(cluster: Cluster) -> None:

@@ -1,0 +1,38 @@
+"""The simulated nodes used by the control-plane tests behave like a kubelet would, via the API."""
+
+from __future__ import annotations
+
+import time
+
+from sim import SimCluster
+
+from kube.client import Client
+
+
+def wait_for(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_sim_node_runs_bound_pods_and_confirms_deletes(apiserver) -> None:
+    client = Client.from_kubeconfig(apiserver.kubeconfig)
+    with SimCluster(client) as sim:
+        sim.add_node("n1")
+        node = client.get("nodes", "n1")
+        assert node["status"]["conditions"][0]["status"] == "True"
+        assert client.get("leases.coordination.k8s.io", "n1", namespace="kube-node-lease")
+        sim.finish_pods(lambda p: p["metadata"]["name"].startswith("bad"), "Failed")
+        for name in ("ok", "bad"):
+            client.create("pods", {"metadata": {"name": name}, "spec": {
+                "nodeName": "n1", "containers": [{"name": "c", "image": "x"}]}}, namespace="default")
+        wait_for(lambda: client.get("pods", "ok", namespace="default")["status"].get("phase") == "Running")
+        wait_for(lambda: client.get("pods", "bad", namespace="default")["status"].get("phase") == "Failed")
+        client.delete("pods", "ok", namespace="default")
+        wait_for(lambda: not [p for p in client.list("pods", namespace="default")["items"]
+                              if p["metadata"]["name"] == "ok"])
+    client.close()

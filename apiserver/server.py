@@ -10,9 +10,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import uvicorn
 
@@ -139,7 +138,20 @@ async def _compactor(registry: Registry, interval: float, keep: int) -> None:
                 log.warning("compaction failed: %s", e)
 
 
-async def serve(cfg: ServerConfig, extra_tasks: list[Callable[[Registry], Coroutine[Any, Any, None]]] | None = None) -> None:
+Companion = Callable[[str], Callable[[], None]]  # started with the admin kubeconfig; returns its stop()
+
+
+async def _start_companions(server: uvicorn.Server, kubeconfig: str, companions: list[Companion],
+                            stops: list[Callable[[], None]]) -> None:
+    """Once the server answers, start the in-process components (scheduler, controllers) in threads:
+    they talk to this apiserver over HTTP like any other client."""
+    while not server.started:
+        await asyncio.sleep(0.02)
+    for start in companions:
+        stops.append(await asyncio.to_thread(start, kubeconfig))
+
+
+async def serve(cfg: ServerConfig, companions: list[Companion] | None = None) -> None:
     host, port = parse_listen(cfg.listen)
     data_dir = prepare_data_dir(cfg.data_dir)
     ports = parse_port_range(cfg.node_port_range)
@@ -166,14 +178,18 @@ async def serve(cfg: ServerConfig, extra_tasks: list[Callable[[Registry], Corout
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
     tasks = [asyncio.create_task(_compactor(registry, cfg.compact_interval, cfg.compact_keep))]
-    for t in extra_tasks or []:
-        tasks.append(asyncio.create_task(t(registry)))
+    stops: list[Callable[[], None]] = []
+    if companions:
+        tasks.append(asyncio.create_task(_start_companions(
+            server, os.path.join(data_dir, "admin.kubeconfig"), companions, stops)))
     log.info("apiserver listening address=%s:%d data_dir=%s revision=%d", host, port, data_dir, store.revision)
     try:
         await server.serve(sockets=[sock])
     finally:
         for task in tasks:
             task.cancel()
+        for stop in reversed(stops):
+            await asyncio.to_thread(stop)
         await store.close()
         sock.close()
         log.info("apiserver stopped")

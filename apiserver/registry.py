@@ -428,6 +428,24 @@ class Registry:
             obj["status"] = {"phase": "Pending"}
         elif rt.name == "namespaces":
             obj["status"] = {"phase": "Active"}
+        if rt.name == "jobs":
+            self._job_selector(obj)
+
+    @staticmethod
+    def _job_selector(job: dict[str, Any]) -> None:
+        """Unless spec.manualSelector, a Job's pods are selected by its uid, as upstream generates."""
+        spec = job.get("spec")
+        if not isinstance(spec, dict) or spec.get("manualSelector"):
+            return
+        uid, name = job["metadata"]["uid"], job["metadata"].get("name", "")
+        labels = {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
+                  "controller-uid": uid, "job-name": name}
+        spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+        template = spec.setdefault("template", {})
+        if isinstance(template, dict):
+            tmeta = template.setdefault("metadata", {})
+            if isinstance(tmeta, dict):
+                tmeta["labels"] = {**(tmeta.get("labels") or {}), **labels}
 
     # -- read ----------------------------------------------------------------
 
@@ -548,7 +566,7 @@ class Registry:
                             params: dict[str, str], subresource: str, raise_conflict: bool = True) -> Result:
         old = decode(kv)
         new = self._merge_system_fields(rt, new, old, subresource)
-        if subresource != "status":
+        if subresource not in ("status", "finalize"):  # defaults would put spec.finalizers back
             defaults.apply_defaults(rt.name, new)
         self._validate(rt, new, old, subresource)
         undo: list[Callable[[], None]] = []

@@ -612,9 +612,10 @@ class Client:
                                          dry_run=dry_run))
 
     def update(self, resource: ResourceType | str, obj: Obj, *, namespace: str | None = None,
-               field_manager: str | None = None, dry_run: bool = False) -> Obj:
-        """PUT the whole object; metadata.resourceVersion makes it a compare-and-swap (409 if stale)."""
-        return self._send(self._b.update(resolve(resource), obj, namespace, None, field_manager, dry_run))
+               field_manager: str | None = None, dry_run: bool = False, subresource: str | None = None) -> Obj:
+        """PUT the whole object; metadata.resourceVersion makes it a compare-and-swap (409 if stale).
+        subresource: e.g. "finalize" for namespaces (update_status() for "status")."""
+        return self._send(self._b.update(resolve(resource), obj, namespace, subresource, field_manager, dry_run))
 
     def update_status(self, resource: ResourceType | str, obj: Obj, *, namespace: str | None = None,
                       field_manager: str | None = None, dry_run: bool = False) -> Obj:
@@ -767,8 +768,9 @@ class AsyncClient:
                                                dry_run=dry_run))
 
     async def update(self, resource: ResourceType | str, obj: Obj, *, namespace: str | None = None,
-                     field_manager: str | None = None, dry_run: bool = False) -> Obj:
-        return await self._send(self._b.update(resolve(resource), obj, namespace, None, field_manager, dry_run))
+                     field_manager: str | None = None, dry_run: bool = False, subresource: str | None = None) -> Obj:
+        return await self._send(self._b.update(resolve(resource), obj, namespace, subresource, field_manager,
+                                               dry_run))
 
     async def update_status(self, resource: ResourceType | str, obj: Obj, *, namespace: str | None = None,
                             field_manager: str | None = None, dry_run: bool = False) -> Obj:

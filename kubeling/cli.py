@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import __version__
@@ -58,19 +58,66 @@ def add_apiserver_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_apiserver(args: argparse.Namespace) -> int:
-    from apiserver.server import ServerConfig, StartupError, serve
+    from apiserver.server import Companion, ServerConfig, StartupError, serve
 
     cfg = ServerConfig(listen=args.listen, data_dir=args.data_dir, store=args.store, service_cidr=args.service_cidr,
                        node_port_range=args.service_node_port_range, compact_interval=args.compact_interval,
                        compact_keep=args.compact_keep, bookmark_interval=args.bookmark_interval)
+    companions: list[Companion] = []
+    if args.command == "server":
+        companions = [lambda kubeconfig: start_scheduler(kubeconfig, args),
+                      lambda kubeconfig: start_controllers(kubeconfig, args)]
     try:
-        run_async(serve(cfg))
+        run_async(serve(cfg, companions))
     except StartupError as e:
         print(f"kubeling {args.command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def start_scheduler(kubeconfig: str, args: argparse.Namespace) -> Callable[[], None]:
+    """The scheduler inside `kubeling server`: a client of the apiserver like any other."""
+    from kube.client import Client
+    from scheduler.scheduler import Scheduler
+
+    client = Client.from_kubeconfig(kubeconfig)
+    sched = Scheduler(client, leader_elect=args.leader_elect)
+    sched.start()
+
+    def stop() -> None:
+        sched.stop()
+        client.close()
+
+    return stop
+
+
+def start_controllers(kubeconfig: str, args: argparse.Namespace) -> Callable[[], None]:
+    from controllers.manager import from_args
+    from kube.client import Client
+
+    client = Client.from_kubeconfig(kubeconfig)
+    cm = from_args(client, args, leader_elect=args.leader_elect)
+    cm.start()
+
+    def stop() -> None:
+        cm.stop()
+        client.close()
+
+    return stop
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from scheduler.main import run
+
+    return run(args)
+
+
+def cmd_controller_manager(args: argparse.Namespace) -> int:
+    from controllers.manager import run
+
+    return run(args)
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
@@ -98,12 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
                                    "for kubectl.")
     add_apiserver_args(p)
     p.set_defaults(func=cmd_apiserver)
-    p = sub.add_parser("server", help="run the control plane in one process (apiserver; scheduler and controllers "
-                                      "join it as they land)",
-                       description="The whole control plane in one process, like k3s: apiserver now; the scheduler "
-                                   "and controllers run beside it once they exist.")
+    p = sub.add_parser("server", help="run the control plane in one process: apiserver, scheduler, controllers",
+                       description="The whole control plane in one process, like k3s: the apiserver, and the "
+                                   "scheduler and controller-manager as its clients over HTTP.")
     add_apiserver_args(p)
+    from controllers.manager import add_args as add_cm_args
+    add_cm_args(p, standalone=False)
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
+                   help="scheduler and controllers act only while holding their Leases (for several servers "
+                        "on one store; default off)")
     p.set_defaults(func=cmd_apiserver)
+    from scheduler.main import add_args as add_scheduler_args
+    p = sub.add_parser("scheduler", help="run the scheduler",
+                       description="Bind unscheduled pods to nodes: filter, score 0..100, bind.")
+    add_scheduler_args(p)
+    p.set_defaults(func=cmd_scheduler)
+    p = sub.add_parser("controller-manager", help="run the controllers",
+                       description="ReplicaSet, Deployment, endpoints, EndpointSlice, node IPAM, node lifecycle, "
+                                   "DaemonSet, garbage collector, namespace, Job and TTL controllers.")
+    add_cm_args(p)
+    p.set_defaults(func=cmd_controller_manager)
     from proxy.main import add_args as add_proxy_args
     p = sub.add_parser("proxy", help="run the service proxy (kube-proxy, iptables mode) for one node",
                        description="Program ClusterIP and NodePort Services of the apiserver into iptables on this "

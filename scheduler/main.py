@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -55,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
         client = Client.from_kubeconfig(args.kubeconfig)
     except (ConfigError, OSError) as e:
         log.error("scheduler: %s", e)
-        print(f"kubeling scheduler: {e}")
+        print(f"kubeling scheduler: {e}", file=sys.stderr)
         return 2
     try:
         sched = scheduler_from_args(client, args)
     except ValueError as e:
-        print(f"kubeling scheduler: {e}")
+        print(f"kubeling scheduler: {e}", file=sys.stderr)
         return 2
     done = threading.Event()
 

@@ -35,7 +35,9 @@ def free_port() -> int:
 
 
 class ApiServer:
-    def __init__(self, data_dir: str | Path, port: int | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, data_dir: str | Path, port: int | None = None, args: tuple[str, ...] = (),
+                 command: str = "apiserver") -> None:
+        self.command = command  # "server": the whole control plane in one process
         self.data_dir = str(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
         self.port = port or free_port()
@@ -49,7 +51,7 @@ class ApiServer:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubeling.cli", "--log-level", "info", "apiserver", "--listen", f"127.0.0.1:{self.port}",
+                [sys.executable, "-m", "kubeling.cli", "--log-level", "info", self.command, "--listen", f"127.0.0.1:{self.port}",
                  "--data-dir", self.data_dir, *self.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:

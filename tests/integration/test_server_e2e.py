@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from apiserver_proc import ApiServer, free_port
 from sim import SimCluster
 
@@ -102,3 +103,80 @@ def test_server_runs_the_whole_control_plane(tmp_path: Path) -> None:
     finally:
         client.close()
         srv.stop()
+
+
+NODE_FAIL_MANIFEST = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: fo}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: fo}}
+  template:
+    metadata: {labels: {app: fo}}
+    spec:
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      containers: [{name: c, image: kubeling/test:1}]
+"""
+
+
+def test_node_failure_moves_pods_to_the_other_nodes(tmp_path: Path) -> None:
+    srv = ApiServer(tmp_path / "data", free_port(), ("--node-monitor-grace-period", "2", "--node-monitor-period",
+                                                     "0.5"), command="server")
+    srv.start()
+    client = Client.from_kubeconfig(srv.kubeconfig)
+    try:
+        with SimCluster(client, lease_period=0.5) as sim:
+            for n in ("n1", "n2", "n3"):
+                sim.add_node(n)
+            client.create("deployments.apps", yaml.safe_load(NODE_FAIL_MANIFEST), namespace="default")
+
+            def running_on() -> Counter[str]:
+                pods = client.list("pods", namespace="default", label_selector="app=fo")["items"]
+                return Counter(p["spec"].get("nodeName", "") for p in pods
+                               if (p.get("status") or {}).get("phase") == "Running"
+                               and not p["metadata"].get("deletionTimestamp"))
+
+            wait_for(lambda: sum(running_on().values()) == 4, what="4 running pods")
+            victim = running_on().most_common(1)[0][0]
+            sim.stop_lease(victim)
+            node = wait_for(lambda: next((c for c in client.get("nodes", victim)["status"]["conditions"]
+                                          if c["type"] == "Ready" and c["status"] == "Unknown"), None),
+                            timeout=15, what="the node to become Unknown")
+            assert node["reason"] == "NodeStatusUnknown"
+            taints = {t["key"] for t in client.get("nodes", victim)["spec"].get("taints") or []}
+            assert "node.kubernetes.io/unreachable" in taints
+            wait_for(lambda: sum(running_on().values()) == 4 and victim not in running_on(), timeout=30,
+                     what="replacements on the other nodes")
+    finally:
+        client.close()
+        srv.stop()
+
+
+def test_controller_manager_leader_election(apiserver) -> None:
+    from controllers.manager import ControllerManager
+
+    clients = [Client.from_kubeconfig(apiserver.kubeconfig) for _ in range(2)]
+    cms = [ControllerManager(c, controllers=["replicaset"], leader_elect=True, identity=f"cm-{i}",
+                             lease_duration=2, renew_deadline=1.5, retry_period=0.2)
+           for i, c in enumerate(clients)]
+    try:
+        for cm in cms:
+            cm.start()
+        leader = wait_for(lambda: next((cm for cm in cms if cm.running), None), what="a leader")
+        other = cms[1 - cms.index(leader)]
+        watch_until = time.monotonic() + 0.5  # both must never act at once
+        while time.monotonic() < watch_until:
+            assert not other.running
+            time.sleep(0.02)
+        leader.stop()
+        wait_for(lambda: other.running, timeout=10, what="the other replica to take over")
+        lease = clients[1].get("leases.coordination.k8s.io", "kube-controller-manager", namespace="kube-system")
+        assert lease["spec"]["holderIdentity"] == f"cm-{cms.index(other)}"
+    finally:
+        for cm in cms:
+            cm.stop()
+        for c in clients:
+            c.close()

@@ -17,8 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import httpx
 import pytest
 from apiserver_proc import free_port
 from cni_fixtures import NETNS_DIR, Namespaces, make_conf, sh
+from polling import wait_for as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 POD_CIDR = "10.244.1.0/24"
@@ -142,18 +142,6 @@ def nspath(ns: str) -> str:
 
 def in_ns(ns: str, *argv: str) -> list[str]:
     return ["nsenter", f"--net={nspath(ns)}", "--", *argv]
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll cond() until it returns something truthy; fail with `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Procs:

@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from apiserver_proc import ApiServer, apiserver, fresh_apiserver, start_apiserver  # noqa: F401
+from polling import wait_for as wait_until
 
 from kube.client import ApiError, AsyncClient, Client, Informer, WorkQueue, load_kubeconfig
 
 Obj = dict[str, Any]
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -3,27 +3,17 @@ cascades through ownerReferences, on hand-made owners and dependents."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from apiserver_proc import ApiServer, apiserver  # noqa: F401  (module-scoped fixture)
+from polling import wait_for
 
 from controllers.garbagecollector import GarbageCollector
 from kube.client import Client
 from kube.client.errors import ApiError
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not met in {timeout}s")
 
 
 def gone(client: Client, resource: str, name: str, ns: str) -> bool:

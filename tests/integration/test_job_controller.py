@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from apiserver_proc import ApiServer, apiserver  # noqa: F401  (module-scoped fixture)
+from polling import wait_for
 from sim import SimCluster
 
 from controllers.garbagecollector import GarbageCollector
@@ -19,16 +19,6 @@ from kube.client import Client, Informer
 from kube.client.errors import ApiError
 
 NODE = "job-node"
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met in {timeout}s")
 
 
 class Binder:

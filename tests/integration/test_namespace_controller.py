@@ -3,29 +3,18 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from apiserver_proc import ApiServer, apiserver  # noqa: F401  (module-scoped fixture)
+from polling import wait_for
 from sim import SimCluster
 
 from controllers.garbagecollector import GarbageCollector
 from controllers.namespace import NamespaceController, finalize_namespace
 from kube.client import Client
 from kube.client.errors import ApiError
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met in {timeout}s")
 
 
 def ns_gone(client: Client, name: str) -> bool:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
+from polling import wait_for
 from sim import SimCluster
 
 from kube.client import Client
@@ -17,17 +18,6 @@ from scheduler.scheduler import Scheduler
 
 T = TypeVar("T")
 NS = "default"
-
-
-def wait_for(fn: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.01)
 
 
 class Env:

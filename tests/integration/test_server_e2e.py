@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from apiserver_proc import ApiServer, free_port
+from polling import wait_for
 from sim import SimCluster
 
 from kube.client import Client
@@ -41,16 +42,6 @@ spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: http}]
 """
-
-
-def wait_for(fn, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
+from polling import wait_for
 from sim import SimCluster
 
 from kube.client import Client
-
-
-def wait_for(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_sim_node_runs_bound_pods_and_confirms_deletes(apiserver) -> None:

@@ -39,6 +39,13 @@ restore (see RenderConfig.comments and bench/proxy.py).
 The renderer is memoized per ServicePort (it is a pure function of frozen
 values), which keeps an incremental resync of 10,000 services cheap; `diff()`
 turns two renders into a partial payload of only the chains that changed.
+
+`render()` itself only sorts: the text is made when first needed, either all at once
+(`Rendered.chains`, `.tables`) or piece by piece in payload order
+(`Rendered.head_chunks`), which lets a full sync stream it into an already running
+restore: the kernel's parser works on the first chains while the later ones are made.
+Either way the result is the same text; a ServicePort's chain names, its lines in the
+shared chains and its own chains' rules are each made once (`_Service`).
 """
 
 from __future__ import annotations
@@ -46,8 +53,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from proxy.model import Endpoint, NodeInfo, ServicePort
@@ -104,7 +111,6 @@ class JumpRule:
         return self.spec.rsplit("-j ", 1)[1].split()[0]
 
 
-@dataclass(frozen=True)
 class Rendered:
     """A rendered ruleset.
 
@@ -112,10 +118,54 @@ class Rendered:
             declaration order; every chain in here is declared (and so flushed).
     deleted: table -> our chains to delete (`-X`) in the same restore.
     tables: table -> the full `iptables-restore --noflush` payload.
+
+    From render(), the rules are made on first use: either all by `chains`, or piece by
+    piece while a backend streams `head_chunks("nat")` into a running restore, whose parsing
+    then overlaps the render (the same text as payload_head(), chunk by chunk).
     """
 
-    chains: Mapping[str, Mapping[str, tuple[str, ...]]]
-    deleted: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    def __init__(self, chains: Mapping[str, Mapping[str, tuple[str, ...]]] | None = None,
+                 deleted: Mapping[str, tuple[str, ...]] | None = None, *, _lazy: _Lazy | None = None) -> None:
+        self.deleted: Mapping[str, tuple[str, ...]] = deleted or {}
+        self._lazy = _lazy
+        if chains is not None:
+            self.__dict__["chains"] = chains  # the cached_property's slot
+
+    @functools.cached_property
+    def chains(self) -> Mapping[str, Mapping[str, tuple[str, ...]]]:
+        lazy = self._lazy
+        assert lazy is not None, "Rendered needs chains"
+        services = lazy.services()
+        nat, filt = lazy.shared_chains(services)
+        nat.update(chain for s in services for chain in s.chains())
+        self._lazy = None
+        return {"nat": nat, "filter": filt}
+
+    def head_chunks(self, table: str) -> Iterator[str]:
+        """payload_head(table, self.chains[table]) in pieces, made as they are needed (and
+        kept: `chains` is complete afterwards): the chain declarations service by service,
+        then the shared chains, then the services' own chains."""
+        lazy = self._lazy
+        if "chains" in self.__dict__ or lazy is None or table != "nat" \
+                or len(set(map(_sort_key, lazy.ports))) < len(lazy.ports):
+            # (A service port twice, never from service_ports(): the dict of chains merges
+            # what the two declare, which a stream cannot; so it is made at once.)
+            yield payload_head(table, self.chains.get(table, {}))
+            return
+        yield "".join([f"*{table}\n", *(f":{c} - [0:0]\n" for c in lazy.nat_fixed)])
+        services: list[_Service] = []
+        for i in range(0, len(lazy.ports), _CHUNK):
+            batch = lazy.services(i, i + _CHUNK)
+            services += batch
+            yield "".join([f":{c} - [0:0]\n" for s in batch for c in s.names])
+        nat, filt = lazy.shared_chains(services)
+        yield "".join(_lines(nat.values()))
+        for i in range(0, len(services), _CHUNK):
+            own = [chain for s in services[i:i + _CHUNK] for chain in s.chains()]
+            nat.update(own)
+            yield "".join(_lines(rules for _, rules in own))
+        self.__dict__["chains"] = {"nat": nat, "filter": filt}
+        self._lazy = None
 
     @functools.cached_property
     def tables(self) -> dict[str, str]:
@@ -124,6 +174,25 @@ class Rendered:
 
     def rule_count(self) -> int:
         return sum(len(rules) for chains in self.chains.values() for rules in chains.values())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Rendered):
+            return NotImplemented
+        return self.chains == other.chains and self.deleted == other.deleted
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Rendered(chains={self.chains!r}, deleted={self.deleted!r})"
+
+
+_CHUNK = 128  # services per streamed piece: 10-70 kB of text
+
+
+def _lines(groups: Iterable[Sequence[str]]) -> Iterator[str]:
+    for rules in groups:
+        for rule in rules:
+            yield rule + "\n"
 
 
 def payload_head(table: str, chains: Mapping[str, Sequence[str]]) -> str:
@@ -155,11 +224,6 @@ def payload(table: str, chains: Mapping[str, Sequence[str]], delete: Iterable[st
     return payload_head(table, chains) + payload_tail(delete, extra, chains)
 
 
-def _finish(chains: Mapping[str, Mapping[str, tuple[str, ...]]],
-            deleted: Mapping[str, tuple[str, ...]]) -> Rendered:
-    return Rendered(chains=chains, deleted=deleted)
-
-
 def chain_names(rendered: Rendered) -> dict[str, set[str]]:
     """table -> names of the chains the rendered ruleset declares."""
     return {t: set(c) for t, c in rendered.chains.items()}
@@ -167,14 +231,15 @@ def chain_names(rendered: Rendered) -> dict[str, set[str]]:
 
 # --- names -----------------------------------------------------------------------------------
 
-def _hash(text: str) -> str:
+def _hash(text: str, _sha256: Callable[[bytes], hashlib._Hash] = hashlib.sha256, _p: tuple[str, ...] = _B32_PAIRS
+          ) -> str:
     """Upstream's portProtoHash: base32(sha256(text))[:16] (16 of [A-Z2-7]).  The first 10
     bytes encode to exactly those 16 characters; a 10-bit table does that 4x faster than
-    base64.b32encode (pure Python), which was half of a cold render."""
-    n = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
-    p = _B32_PAIRS
-    return (p[n >> 70] + p[(n >> 60) & 1023] + p[(n >> 50) & 1023] + p[(n >> 40) & 1023]
-            + p[(n >> 30) & 1023] + p[(n >> 20) & 1023] + p[(n >> 10) & 1023] + p[n & 1023])
+    base64.b32encode (pure Python), which was half of a cold render.  (Defaults bound as
+    locals and one f-string: 30,000 calls in a cold render of 10,000 services.)"""
+    n = int.from_bytes(_sha256(text.encode()).digest()[:10], "big")
+    return (f"{_p[n >> 70]}{_p[(n >> 60) & 1023]}{_p[(n >> 50) & 1023]}{_p[(n >> 40) & 1023]}"
+            f"{_p[(n >> 30) & 1023]}{_p[(n >> 20) & 1023]}{_p[(n >> 10) & 1023]}{_p[n & 1023]}")
 
 
 def service_chain(sp: ServicePort, kind: str, cfg: RenderConfig) -> str:
@@ -200,22 +265,91 @@ def _comment(cfg: RenderConfig, text: str) -> str:
     return f'-m comment --comment "{text}" ' if " " in text else f"-m comment --comment {text} "
 
 
-def _usable(endpoints: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
+def _usable(eps: Sequence[Endpoint]) -> tuple[Endpoint, ...]:
     """Ready endpoints; when none is ready, the serving-but-terminating ones (upstream's fallback)."""
-    eps = tuple(endpoints)
-    ready = tuple(e for e in eps if e.ready and not e.terminating)
-    return ready or tuple(e for e in eps if e.serving and e.terminating)
+    return tuple([e for e in eps if e.ready and not e.terminating]) \
+        or tuple([e for e in eps if e.serving and e.terminating])
 
 
-class _ServiceRules(NamedTuple):
-    """What one ServicePort contributes: its own chains, and lines for the shared chains.
-    (A NamedTuple: a frozen dataclass costs 3x more to build, 10,000 times per cold render.)"""
+class _Shape(NamedTuple):
+    """Which of its chains a ServicePort needs, from its endpoints and policies."""
 
-    chains: tuple[tuple[str, tuple[str, ...]], ...]  # (nat chain, rules), in order
+    cluster_eps: tuple[Endpoint, ...]  # usable endpoints
+    local_eps: tuple[Endpoint, ...]  # usable endpoints on this node
+    used: tuple[Endpoint, ...]  # endpoints with a KL-SEP- chain: the Cluster ones, then local-only ones
+    has_internal: bool  # the ClusterIP goes to a policy chain (else REJECT/DROP in filter)
+    has_external: bool  # the NodePort goes to a policy chain (else REJECT/DROP in filter)
+    uses_ext: bool
+    uses_svc: bool
+    uses_svl: bool
+
+
+def _shape(sp: ServicePort, node_name: str) -> _Shape:
+    cluster_eps = _usable(sp.endpoints)  # as sp.usable_endpoints()
+    local_eps = _usable([e for e in sp.endpoints if e.node_name == node_name])
+    has_eps = bool(cluster_eps)
+    is_nodeport = sp.node_port != 0
+    uses_svc = has_eps and (not sp.internal_local or is_nodeport)
+    # The Cluster chain also serves the NodePort short-circuits (pods and the node itself).
+    uses_svl = bool(local_eps) and has_eps and (sp.internal_local or (is_nodeport and sp.external_local))
+    used = cluster_eps if uses_svc else ()
+    if uses_svl:
+        used += tuple([e for e in local_eps if e not in used])
+    return _Shape(cluster_eps, local_eps, used, has_eps and (not sp.internal_local or bool(local_eps)),
+                  has_eps and (not sp.external_local or bool(local_eps)), has_eps and is_nodeport, uses_svc,
+                  uses_svl)
+
+
+class _Shared(NamedTuple):
+    """One ServicePort's lines in the shared chains."""
+
     services: tuple[str, ...] = ()  # nat KUBELING-SERVICES lines
     nodeports: tuple[str, ...] = ()  # nat KUBELING-NODEPORTS lines
     filter_internal: tuple[str, ...] = ()  # filter KUBELING-FILTER lines
     filter_external: tuple[str, ...] = ()  # filter KUBELING-EXTERNAL lines
+
+
+_Args = tuple[ServicePort, "_Shape", str, RenderConfig, str]  # sp, shape, cidr, cfg, name hash
+
+
+class _Service:
+    """One ServicePort, rendered in three steps (memoized: a pure function of frozen values):
+    the names of its own nat chains at once; its lines in the shared chains (`shared()`) and
+    the rules of its own chains (`chains()`, the bulk of the text) each on first use.  In the
+    order of the restore text, so that a restore can parse the declarations of all chains,
+    then the shared chains, while the rest is still being made (Rendered.head_chunks)."""
+
+    __slots__ = ("names", "_args", "_shared", "_chains")
+
+    def __init__(self, names: tuple[str, ...], args: _Args) -> None:
+        self.names = names  # its nat chains, in order: EXT, SVC, SVL, then the endpoints'
+        self._args: _Args | None = args  # dropped once both are made: fewer objects for the GC to visit
+        self._shared: _Shared | None = None
+        self._chains: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+
+    # Each made once (a race between threads only makes it twice).
+    def shared(self) -> _Shared:
+        shared, args = self._shared, self._args
+        if shared is None:
+            if args is None:  # both made meanwhile, by another thread
+                return self.shared()
+            shared = self._shared = _shared_lines(*args)
+            self._tidy()
+        return shared
+
+    def chains(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Each chain in `names` with its rules."""
+        chains, args = self._chains, self._args
+        if chains is None:
+            if args is None:
+                return self.chains()
+            chains = self._chains = tuple(zip(self.names, _own_rules(*args, self.names), strict=True))
+            self._tidy()
+        return chains
+
+    def _tidy(self) -> None:
+        if self._shared is not None and self._chains is not None:
+            self._args = None
 
 
 @functools.lru_cache(maxsize=16)
@@ -242,45 +376,44 @@ def _policy_rules(chain: str, seps: Sequence[tuple[Endpoint, str]], sp: ServiceP
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _service_rules(sp: ServicePort, node_name: str, cidr: str, cfg: RenderConfig) -> _ServiceRules:
-    """The rules of one ServicePort (memoized: it is a pure function of frozen values).
+def _service(sp: ServicePort, node_name: str, cidr: str, cfg: RenderConfig) -> _Service:
+    """The first half of one ServicePort (see _Service): the names of its chains.
 
     Endpoints are taken in the order given (service_ports() sorts them)."""
+    base = sp.key + sp.protocol
+    h = _hash(base)  # as service_chain(), once for the three chains
+    hp = cfg.hash_prefix
+    shape = _shape(sp, node_name)
+    seps = [f"{hp}-SEP-{_hash(f'{base}{ep.ip}:{ep.port}')}" for ep in shape.used]  # as endpoint_chain()
+    if len(seps) > 1 and len(set(seps)) < len(seps):  # an ip:port twice: its chain once
+        first = dict(zip(seps, shape.used, strict=True))
+        shape, seps = shape._replace(used=tuple(first.values())), list(first)
+    names = ((f"{hp}-EXT-{h}",) if shape.uses_ext else ()) + ((f"{hp}-SVC-{h}",) if shape.uses_svc else ()) \
+        + ((f"{hp}-SVL-{h}",) if shape.uses_svl else ()) + tuple(seps)
+    return _Service(names, (sp, shape, cidr, cfg, h))
+
+
+def _no_comment(text: str) -> str:
+    return ""
+
+
+def _shared_lines(sp: ServicePort, shape: _Shape, cidr: str, cfg: RenderConfig, h: str) -> _Shared:
+    """The second step of one ServicePort: its lines in the shared chains."""
     name = display_name(sp)
     proto = sp.protocol.lower()
     pmatch = f"-m {proto} -p {proto}"
-    services_chain, nodeports_chain, filter_chain, external_chain, masq = _names(cfg)
-    comments = bool(cfg.comments)
-
-    def cm(text: str) -> str:
-        return _comment(cfg, text) if comments else ""
-
-    h = _hash(sp.key + sp.protocol)  # as service_chain(), once for the three chains
-    hp = cfg.hash_prefix
-    svc_chain, svl_chain, ext_chain = f"{hp}-SVC-{h}", f"{hp}-SVL-{h}", f"{hp}-EXT-{h}"
-
-    cluster_eps = sp.usable_endpoints()
-    local_eps = _usable(e for e in sp.endpoints if e.node_name == node_name)
-    has_eps = bool(cluster_eps)
-    is_nodeport = sp.node_port != 0
-
-    internal_chain = svl_chain if sp.internal_local else svc_chain
-    has_internal = has_eps and (not sp.internal_local or bool(local_eps))
-    has_external = has_eps and (not sp.external_local or bool(local_eps))
-    uses_ext = has_eps and is_nodeport
-    # The Cluster chain also serves the NodePort short-circuits (pods and the node itself).
-    uses_svc = has_eps and (not sp.internal_local or is_nodeport)
-    uses_svl = bool(local_eps) and has_eps and (sp.internal_local or (is_nodeport and sp.external_local))
-
-    chains: list[tuple[str, tuple[str, ...]]] = []
+    services_chain, nodeports_chain, filter_chain, external_chain, _ = _names(cfg)
+    cm = functools.partial(_comment, cfg) if cfg.comments else _no_comment
+    vip = f"-d {sp.cluster_ip}/32 --dport {sp.port}"
+    has_eps = bool(shape.cluster_eps)
     services: tuple[str, ...] = ()
     nodeports: tuple[str, ...] = ()
     f_int: tuple[str, ...] = ()
     f_ext: tuple[str, ...] = ()
-    vip = f"-d {sp.cluster_ip}/32 --dport {sp.port}"
 
     # ClusterIP: to the internal policy chain, or REJECT/DROP in filter.
-    if has_internal:
+    if shape.has_internal:
+        internal_chain = f"{cfg.hash_prefix}-{'SVL' if sp.internal_local else 'SVC'}-{h}"
         services = (f"-A {services_chain} {cm(name + ' cluster IP')}{pmatch} {vip} -j {internal_chain}",)
     elif not has_eps:
         f_int = (f"-A {filter_chain} {cm(name + ' has no endpoints')}"
@@ -289,62 +422,69 @@ def _service_rules(sp: ServicePort, node_name: str, cidr: str, cfg: RenderConfig
         f_int = (f"-A {filter_chain} {cm(name + ' has no local endpoints')}{pmatch} {vip} -j DROP",)
 
     # NodePort: to the EXT chain, or REJECT/DROP in filter (whatever was not short-circuited).
-    if is_nodeport:
-        if uses_ext:
-            nodeports = (f"-A {nodeports_chain} {cm(name)}{pmatch} --dport {sp.node_port} -j {ext_chain}",)
-        if not has_external:
+    if sp.node_port:
+        if shape.uses_ext:
+            nodeports = (f"-A {nodeports_chain} {cm(name)}{pmatch} --dport {sp.node_port} "
+                         f"-j {cfg.hash_prefix}-EXT-{h}",)
+        if not shape.has_external:
             what, verdict = ((" has no endpoints", "REJECT --reject-with icmp-port-unreachable") if not has_eps
                              else (" has no local endpoints", "DROP"))
             f_ext = (f"-A {external_chain} {cm(name + what)}"
                      f"-m addrtype --dst-type LOCAL {pmatch} --dport {sp.node_port} -j {verdict}",)
+    return _Shared(services, nodeports, f_int, f_ext)
 
-    if uses_ext:
-        rules: list[str] = []
+
+def _own_rules(sp: ServicePort, shape: _Shape, cidr: str, cfg: RenderConfig, h: str,
+               names: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The third step of one ServicePort: the rules of its chains `names`, in that order."""
+    name = display_name(sp)
+    proto = sp.protocol.lower()
+    pmatch = f"-m {proto} -p {proto}"
+    masq = _names(cfg)[4]
+    comments = bool(cfg.comments)
+    cm = functools.partial(_comment, cfg) if comments else _no_comment
+    hp = cfg.hash_prefix
+    svc_chain, svl_chain, ext_chain = f"{hp}-SVC-{h}", f"{hp}-SVL-{h}", f"{hp}-EXT-{h}"
+    internal_chain = svl_chain if sp.internal_local else svc_chain
+    vip = f"-d {sp.cluster_ip}/32 --dport {sp.port}"
+    out: list[tuple[str, ...]] = []
+    if shape.uses_ext:
+        ext: list[str] = []
         if not sp.external_local:
-            rules.append(f"-A {ext_chain} {cm(f'masquerade traffic for {name} external destinations')}-j {masq}")
-            rules.append(f"-A {ext_chain} -j {svc_chain}")
+            ext.append(f"-A {ext_chain} {cm(f'masquerade traffic for {name} external destinations')}-j {masq}")
+            ext.append(f"-A {ext_chain} -j {svc_chain}")
         else:
             if cidr:
-                rules.append(f"-A {ext_chain} {cm(f'pod traffic for {name} external destinations')}"
-                             f"-s {cidr} -j {svc_chain}")
-            rules.append(f"-A {ext_chain} {cm(f'masquerade LOCAL traffic for {name} external destinations')}"
-                         f"-m addrtype --src-type LOCAL -j {masq}")
-            rules.append(f"-A {ext_chain} {cm(f'route LOCAL traffic for {name} external destinations')}"
-                         f"-m addrtype --src-type LOCAL -j {svc_chain}")
-            if has_external:
-                rules.append(f"-A {ext_chain} -j {svl_chain}")
-        chains.append((ext_chain, tuple(rules)))
-
-    # Endpoint chains in use, in endpoint order: the Cluster ones, then any local-only fallback.
-    used: list[Endpoint] = list(cluster_eps) if uses_svc else []
-    if uses_svl:
-        used.extend(e for e in local_eps if e not in used)
-    base = sp.key + sp.protocol
-    sep_of = {ep.addr: f"{hp}-SEP-{_hash(base + ep.addr)}" for ep in used}  # as endpoint_chain()
-
+                ext.append(f"-A {ext_chain} {cm(f'pod traffic for {name} external destinations')}"
+                           f"-s {cidr} -j {svc_chain}")
+            ext.append(f"-A {ext_chain} {cm(f'masquerade LOCAL traffic for {name} external destinations')}"
+                       f"-m addrtype --src-type LOCAL -j {masq}")
+            ext.append(f"-A {ext_chain} {cm(f'route LOCAL traffic for {name} external destinations')}"
+                       f"-m addrtype --src-type LOCAL -j {svc_chain}")
+            if shape.has_external:
+                ext.append(f"-A {ext_chain} -j {svl_chain}")
+        out.append(tuple(ext))
+    seps = names[len(names) - len(shape.used):]
     # Off-cluster sources to a ClusterIP are masqueraded (or all, with masquerade_all).
     off_cluster = "" if cfg.masquerade_all else (f"! -s {cidr} " if cidr else None)
     masq_rule = (f"-A {internal_chain} {cm(name + ' cluster IP')}{pmatch} {vip} {off_cluster}-j {masq}"
-                 if has_internal and off_cluster is not None else "")
-    if uses_svc:
-        chains.append((svc_chain, _policy_rules(
-            svc_chain, [(e, sep_of[e.addr]) for e in cluster_eps], sp, name, comments,
-            masq_rule if internal_chain == svc_chain else "")))
-    if uses_svl:
-        chains.append((svl_chain, _policy_rules(
-            svl_chain, [(e, sep_of[e.addr]) for e in local_eps], sp, name, comments,
-            masq_rule if internal_chain == svl_chain else "")))
-
+                 if shape.has_internal and off_cluster is not None else "")
+    sep_of = {(e.ip, e.port): sep for e, sep in zip(shape.used, seps, strict=True)}
+    if shape.uses_svc:
+        out.append(_policy_rules(svc_chain, [(e, sep_of[e.ip, e.port]) for e in shape.cluster_eps], sp, name,
+                                 comments, masq_rule if internal_chain == svc_chain else ""))
+    if shape.uses_svl:
+        out.append(_policy_rules(svl_chain, [(e, sep_of[e.ip, e.port]) for e in shape.local_eps], sp, name,
+                                 comments, masq_rule if internal_chain == svl_chain else ""))
     c = cm(name)
     recent = "-m recent --name {} --set " if sp.session_affinity else ""
-    for ep in used:
-        sep = sep_of[ep.addr]
-        chains.append((sep, (
+    for ep, sep in zip(shape.used, seps, strict=True):
+        out.append((
             f"-A {sep} {c}-s {ep.ip}/32 -j {masq}",  # hairpin: the endpoint reaching itself
             # `-p` alone: DNAT to a port needs the protocol, not an (empty) `-m tcp` match.
-            f"-A {sep} {c}-p {proto} {recent.format(sep)}-j DNAT --to-destination {ep.addr}",
-        )))
-    return _ServiceRules(tuple(chains), services, nodeports, f_int, f_ext)
+            f"-A {sep} {c}-p {proto} {recent.format(sep)}-j DNAT --to-destination {ep.ip}:{ep.port}",
+        ))
+    return tuple(out)
 
 
 def _nodeport_jumps(node: NodeInfo, cfg: RenderConfig) -> list[str]:
@@ -390,7 +530,7 @@ def _sort_key(sp: ServicePort) -> tuple[str, str, str, str]:
 
 def render(ports: Sequence[ServicePort], node: NodeInfo, cfg: RenderConfig = RenderConfig(),
            existing_chains: Mapping[str, Iterable[str]] | None = None) -> Rendered:
-    """The full desired ruleset.
+    """The full desired ruleset (made lazily: see Rendered).
 
     existing_chains: table -> chains of ours now in the kernel; those the new
     ruleset no longer declares get a `-X` in the same payload.  (The backends
@@ -403,7 +543,7 @@ def render(ports: Sequence[ServicePort], node: NodeInfo, cfg: RenderConfig = Ren
     c = cfg.chain
     mark = cfg.mark_masq
     random_fully = " --random-fully" if cfg.random_fully else ""
-    nat_fixed: dict[str, list[str]] = {
+    nat_fixed: dict[str, list[str]] = {  # the shared chains' lines come from the services
         c("SERVICES"): [],
         c("NODEPORTS"): [],
         c("POSTROUTING"): [
@@ -427,27 +567,43 @@ def render(ports: Sequence[ServicePort], node: NodeInfo, cfg: RenderConfig = Ren
             "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
         ] if node.localhost_nodeports else [],
     }
-    services, nodeports = nat_fixed[c("SERVICES")], nat_fixed[c("NODEPORTS")]
-    f_int, f_ext = filter_fixed[c("FILTER")], filter_fixed[c("EXTERNAL")]
-    nat: dict[str, tuple[str, ...]] = {}  # the fixed chains first, then each service's chains in key order
-    svc_chains: list[tuple[str, tuple[str, ...]]] = []
-    node_name = node.name
-    for sp in sorted(ports, key=_sort_key):
-        if not sp.cluster_ip:
-            continue
-        sr = _service_rules(sp, node_name, cidr, cfg)
-        services.extend(sr.services)
-        nodeports.extend(sr.nodeports)
-        f_int.extend(sr.filter_internal)
-        f_ext.extend(sr.filter_external)
-        svc_chains.extend(sr.chains)
-    services.extend(_nodeport_jumps(node, cfg))
-    nat.update((k, tuple(v)) for k, v in nat_fixed.items())
-    nat.update(svc_chains)
-    chains = {"nat": nat, "filter": {k: tuple(v) for k, v in filter_fixed.items()}}
-    deleted = {t: tuple(sorted(set(existing_chains.get(t, ())) - set(chains[t]))) for t in TABLES} \
-        if existing_chains else {}
-    return _finish(chains, {t: d for t, d in deleted.items() if d})
+    selected = [sp for sp in sorted(ports, key=_sort_key) if sp.cluster_ip]
+    lazy = _Lazy(selected, node.name, cidr, cfg, nat_fixed, filter_fixed, tuple(_nodeport_jumps(node, cfg)))
+    if not existing_chains:
+        return Rendered(None, {}, _lazy=lazy)  # everything made when needed, the names too
+    chains = Rendered(None, {}, _lazy=lazy).chains  # stale chains to find: make it all now
+    deleted = {t: tuple(sorted(set(existing_chains.get(t, ())) - set(chains[t]))) for t in TABLES}
+    return Rendered(chains, {t: d for t, d in deleted.items() if d})
+
+
+class _Lazy:
+    """What a Rendered needs to make (or stream) its chains."""
+
+    def __init__(self, ports: Sequence[ServicePort], node_name: str, cidr: str, cfg: RenderConfig,
+                 nat_fixed: Mapping[str, Sequence[str]], filter_fixed: Mapping[str, Sequence[str]],
+                 nodeport_jumps: tuple[str, ...]) -> None:
+        self.ports = ports  # in key order, with a ClusterIP
+        self.args = (node_name, cidr, cfg)  # the rest of _service()'s arguments
+        self.nat_fixed = nat_fixed  # the fixed chains with their own rules, in order
+        self.filter_fixed = filter_fixed
+        self.nodeport_jumps = nodeport_jumps  # the last rules of KUBELING-SERVICES
+        self.shared = _names(cfg)[:4]  # the shared chains: SERVICES, NODEPORTS, FILTER, EXTERNAL
+
+    def services(self, start: int = 0, stop: int | None = None) -> list[_Service]:
+        node_name, cidr, cfg = self.args
+        return [_service(sp, node_name, cidr, cfg) for sp in self.ports[start:stop]]
+
+    def shared_chains(self, services: Iterable[_Service]) -> tuple[dict[str, tuple[str, ...]],
+                                                                   dict[str, tuple[str, ...]]]:
+        """The fixed chains of nat and filter, with all the services' lines in the shared ones."""
+        each = [s.shared() for s in services]
+        shared = dict(zip(self.shared, (
+            [*(line for sh in each for line in sh.services), *self.nodeport_jumps],
+            [line for sh in each for line in sh.nodeports],
+            [line for sh in each for line in sh.filter_internal],
+            [line for sh in each for line in sh.filter_external]), strict=True))
+        return ({c: tuple(shared.get(c, rules)) for c, rules in self.nat_fixed.items()},
+                {c: tuple(shared.get(c, rules)) for c, rules in self.filter_fixed.items()})
 
 
 def diff(old: Rendered, new: Rendered) -> Rendered:
@@ -464,7 +620,7 @@ def diff(old: Rendered, new: Rendered) -> Rendered:
         gone = sorted(set(old_chains) - set(new_chains))
         if gone:
             deleted[t] = tuple(gone)
-    return _finish(chains, deleted)
+    return Rendered(chains, deleted)
 
 
 def is_ours(chain: str, cfg: RenderConfig = RenderConfig()) -> bool:

@@ -24,6 +24,7 @@ from proxy.render import (
     diff,
     endpoint_chain,
     jump_rules,
+    payload_head,
     render,
     service_chain,
 )
@@ -116,6 +117,33 @@ def test_payload_shape() -> None:
         for ln in lines:
             if ln.startswith("-A "):
                 assert ln.split()[1] in declared
+
+
+def many(n: int) -> list[ServicePort]:
+    """n services, every third with a NodePort, every fifth without endpoints, duplicates of an
+    endpoint and of a whole service port among them (what a dict of chains merges)."""
+    out = [sp(f"s{i:04d}", f"10.96.{i // 250}.{i % 250 + 1}",
+              eps=() if i % 5 == 0 else (ep(f"10.244.{i // 250}.{i % 250 + 1}"), ep("10.245.0.1", node="node-b"),
+                                         ep("10.245.0.1", node="node-b")),
+              node_port=30000 + i if i % 3 == 0 else 0)
+           for i in range(n)]
+    return out
+
+
+@pytest.mark.parametrize(("ports", "pieces"), [(many(300), True), (many(300) + many(2), False)],
+                         ids=["unique", "a-port-twice"])
+def test_streamed_head_is_the_payload(ports: list[ServicePort], pieces: bool) -> None:
+    """What a backend streams into the restore (made while it is sent) is payload_head()'s text,
+    and leaves the same chains behind as a render that was never streamed."""
+    for name, r in scenarios().items():
+        streamed = scenarios()[name]
+        assert "".join(streamed.head_chunks("nat")) + "".join(streamed.head_chunks("filter")) == \
+            "".join(payload_head(t, r.chains[t]) for t in ("nat", "filter")), name
+    streamed, whole = render(ports, NODE), render(ports, NODE)
+    chunks = list(streamed.head_chunks("nat"))
+    assert (len(chunks) > 3) == pieces, "made piece by piece, unless a port is there twice (made at once)"
+    assert "".join(chunks) == payload_head("nat", whole.chains["nat"])
+    assert streamed.chains == whole.chains and streamed.tables == whole.tables
 
 
 def test_chain_names_are_stable_short_hashes() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pytest
+from polling import wait_for as eventually
 from sim import SimCluster
 
 from controllers.endpoints import EndpointsController
@@ -17,18 +18,6 @@ from kube.client import Client
 T = TypeVar("T")
 NS = "default"
 ES = "endpointslices.discovery.k8s.io"
-
-
-def eventually(fn: Callable[[], T | None], timeout: float = 5.0, what: str = "condition") -> T:
-    """Poll fn until it returns something truthy; fail with the last value after timeout."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def pod(name: str, node: str, port: int, labels: dict[str, str] | None = None) -> dict[str, Any]:

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
+
+from polling import wait_for as eventually
 
 from controllers.nodeipam import NodeIpamController
 from kube.client import Client
 
 T = TypeVar("T")
-
-
-def eventually(fn: Callable[[], T | None], timeout: float = 5.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def cidrs(client: Client) -> dict[str, str]:

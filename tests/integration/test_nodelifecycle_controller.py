@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from polling import wait_for as eventually
 from sim import SimCluster
 
 from controllers.endpoints import EndpointsController
@@ -16,17 +16,6 @@ from kube.client import Client
 
 T = TypeVar("T")
 NS = "default"
-
-
-def eventually(fn: Callable[[], T | None], timeout: float = 5.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def pod(name: str, node: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:

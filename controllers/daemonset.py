@@ -29,7 +29,6 @@ import logging
 import math
 import threading
 import time
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -50,6 +49,8 @@ from kube.client.errors import ApiError
 
 from .base import Controller, controller_of, split_key
 from .nodelifecycle import tolerates_all
+from .podcontrol import is_pod_available as pod_available
+from .podcontrol import is_pod_ready as pod_ready
 
 log = logging.getLogger("kubeling.controllers.daemonset")
 
@@ -141,30 +142,6 @@ def pin_to_node(pod_spec: Obj, node_name: str) -> Obj:
         {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node_name]}]}]}
     spec["tolerations"] = daemon_tolerations(spec)
     return spec
-
-
-def _time(s: str | None) -> float | None:
-    if not s:
-        return None
-    try:
-        return datetime.fromisoformat(s).timestamp()
-    except ValueError:
-        return None
-
-
-def pod_ready(pod: Obj) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
-def pod_available(pod: Obj, min_ready_seconds: int, now: float) -> bool:
-    if not pod_ready(pod):
-        return False
-    if min_ready_seconds <= 0:
-        return True
-    since = next((_time(c.get("lastTransitionTime")) for c in pod["status"].get("conditions") or []
-                  if c.get("type") == "Ready"), None)
-    return since is not None and since + min_ready_seconds <= now
 
 
 def scaled(value: Any, total: int, default: int) -> int:

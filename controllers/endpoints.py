@@ -26,6 +26,7 @@ from kube.client import Client, Informer
 from kube.client.errors import ApiError
 
 from .base import Controller, meta_key, split_key
+from .podcontrol import is_pod_ready as pod_ready
 
 log = logging.getLogger("kubeling.controllers.endpoints")
 
@@ -51,13 +52,6 @@ def selects(svc: Obj, pod: Obj) -> bool:
         return False
     sel = selector_from_match_labels((svc.get("spec") or {}).get("selector"))
     return sel.matches((pod.get("metadata") or {}).get("labels") or {})
-
-
-def pod_ready(pod: Obj) -> bool:
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return c.get("status") == "True"
-    return False
 
 
 def pod_terminating(pod: Obj) -> bool:

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controllers.base import Controller, controller_of, meta_key, split_key
+from controllers.podcontrol import parse_time
 from kube.client import Client
 from kube.client.errors import ApiError
 
@@ -58,15 +59,6 @@ MSG_COMPLETIONS = "Reached expected number of succeeded pods"
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: Any) -> float | None:
-    if not isinstance(s, str) or not s:
-        return None
-    try:
-        return datetime.strptime(s[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
 
 
 def condition(job: Obj, typ: str) -> Obj | None:

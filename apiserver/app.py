@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kube.api.resources import RESOURCES, ResourceType, group_versions, lookup
 
-from . import errors, openapi, printers, protobuf
+from . import errors, nodeproxy, openapi, printers, protobuf
 from .errors import APIError
 from .registry import Registry, Result, list_options
 
@@ -366,11 +366,7 @@ async def handle(request: Request, registry: Registry, t: Target) -> Response:
     if t.sub == "log":
         if method != "GET":
             raise errors.method_not_allowed()
-        pod = await registry.get(rt, t.namespace, name)
-        node = (pod.get("spec") or {}).get("nodeName")
-        if not node:
-            raise errors.bad_request(f'pod "{name}" does not have a host assigned')
-        raise errors.unavailable(f'logs of pod "{name}" live on node "{node}", and no node agent serves them yet')
+        return await nodeproxy.pod_logs(registry, rt, t.namespace, name, params)  # streamed from the node agent
     if method == "GET":
         if t.sub == "finalize":
             raise errors.method_not_allowed()

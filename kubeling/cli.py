@@ -120,6 +120,12 @@ def cmd_controller_manager(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from agent.main import run
+
+    return run(args)
+
+
 def cmd_proxy(args: argparse.Namespace) -> int:
     from proxy.main import UsageError, run
 
@@ -130,6 +136,12 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .lab.lab import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,12 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DaemonSet, garbage collector, namespace, Job and TTL controllers.")
     add_cm_args(p)
     p.set_defaults(func=cmd_controller_manager)
+    from agent.main import add_args as add_agent_args
+    p = sub.add_parser("agent", help="run the node agent (kubelet) for one node",
+                       description="Register the node, keep its Lease, and run the pods bound to it on the Docker "
+                                   "engine in network-namespace sandboxes wired by kubeling-cni.")
+    add_agent_args(p)
+    p.set_defaults(func=cmd_agent)
     from proxy.main import add_args as add_proxy_args
     p = sub.add_parser("proxy", help="run the service proxy (kube-proxy, iptables mode) for one node",
                        description="Program ClusterIP and NodePort Services of the apiserver into iptables on this "
                                    "node (or inside --netns). Rules survive a stop or crash; --cleanup removes them.")
     add_proxy_args(p)
     p.set_defaults(func=cmd_proxy)
+    from .lab.lab import add_args as add_lab_args
+    p = sub.add_parser("lab", help="a multi-node lab of network namespaces on this machine (root)",
+                       description="Run a control plane and N workers in network namespaces on this machine, "
+                                   "wired by an underlay switch on 192.168.56.0/24 like the Vagrant VMs.")
+    add_lab_args(p)
+    p.set_defaults(func=cmd_lab)
     return parser
 
 

@@ -1,0 +1,608 @@
+"""`kubeling lab`: a multi-node cluster of network namespaces on one machine (run as root).
+
+    up       build the underlay, the control plane and N workers; write <lab dir>/kubeconfig
+    down     stop every recorded process, remove every recorded namespace/container/state dir
+    status   what runs, what answers
+    exec     run a command in a node's network namespace (nsenter --net)
+    logs     a component's log
+    kill     stop a node's agent and proxy (the supervisor keeps them stopped)
+    start    start them again
+
+Everything the lab makes is recorded in <lab dir>/state.json before it is made; `down` (and `up`
+after a crash) acts only on that record. Nothing is added to the machine's own network namespace:
+the only thing there is the forwarder's listening socket on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import topology
+from .state import LabError, LabState, alive, default_lab_dir, locked, proc_starttime
+from .topology import API_PORT, NETNS_DIR, Host, Topology
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_API_PORT = 16443
+CLUSTER_CIDR = "10.244.0.0/16"
+NODE_LABEL = "io.kubeling.node"
+COMPONENTS = ("server", "forward", "supervisor", "etcd", "agent", "proxy")
+
+
+def say(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+class Paths:
+    def __init__(self, lab_dir: str) -> None:
+        self.dir = lab_dir
+        self.state_json = os.path.join(lab_dir, "state.json")
+        self.programs = os.path.join(lab_dir, "programs.json")
+        self.supervisor = os.path.join(lab_dir, "supervisor.json")
+        self.kubeconfig = os.path.join(lab_dir, "kubeconfig")
+        self.logs = os.path.join(lab_dir, "logs")
+        self.state = os.path.join(lab_dir, "state")          # data dirs: state/control, state/nodes/NODE
+
+    def log(self, name: str) -> str:
+        return os.path.join(self.logs, f"{name}.log")
+
+    def node_dir(self, node: str) -> str:
+        return os.path.join(self.state, "nodes", node)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab creates network namespaces: run it as root (sudo scripts/lab ...)")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """A tiny HTTP/1.0 GET to 127.0.0.1:port (status, body); (0, b"") when nothing answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    except OSError:
+        return 0, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    try:
+        return int(head.split(b" ", 2)[1]), body
+    except (IndexError, ValueError):
+        return 0, b""
+
+
+def agent_available() -> bool:
+    return (REPO / "agent" / "main.py").exists()
+
+
+def subcommand_flags(name: str) -> set[str]:
+    """Option strings `kubeling NAME` accepts (so the lab passes only flags the component knows)."""
+    from kubeling.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return {o for a in action.choices[name]._actions for o in a.option_strings}
+    return set()
+
+
+def nsenter(netns: str) -> list[str]:
+    return ["nsenter", f"--net={os.path.join(NETNS_DIR, netns)}"]
+
+
+def write_kubeconfig(path: str, server: str) -> None:
+    from apiserver.server import write_kubeconfig as write
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write(path, server)
+    os.chmod(path, 0o600)
+
+
+def read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+            return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)\n"
+
+
+# ---------------------------------------------------------------------------------------------- programs
+
+def programs_for(topo: Topology, paths: Paths, api_port: int, store: str, agents: bool = True) -> list[dict[str, Any]]:
+    py = sys.executable
+    kl = [py, "-m", "kubeling.cli", "--log-level", "info"]
+    progs: list[dict[str, Any]] = []
+
+    def add(name: str, argv: list[str]) -> None:
+        progs.append({"name": name, "argv": argv, "log": paths.log(name), "enabled": True})
+
+    control = os.path.join(paths.state, "control")
+    server = [*nsenter(topo.control.netns), *kl, "server", "--listen", f"{topo.control.ip}:{API_PORT}",
+              "--data-dir", control, "--cluster-cidr", CLUSTER_CIDR]
+    if store == "etcd":
+        etcd_dir = os.path.join(paths.state, "etcd")
+        add("etcd", [*nsenter(topo.control.netns), "etcd", "--data-dir", etcd_dir, "--name", "control",
+                     "--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
+                     "--listen-peer-urls", "http://127.0.0.1:2380"])
+        server += ["--store", "etcd://127.0.0.1:2379"]
+    add("server", server)
+    add("forward", [py, "-m", "kubeling.lab.forward", "--listen", f"127.0.0.1:{api_port}",
+                    "--netns", topo.control.netns, "--to", f"{topo.control.ip}:{API_PORT}"])
+    if not agents or not agent_available():
+        return progs
+    agent_flags = subcommand_flags("agent")
+    for node in topo.workers:
+        kubeconfig = os.path.join(paths.node_dir(node.name), "kubeconfig")
+        agent = [*nsenter(node.netns), *kl, "agent", "--node-name", node.name, "--kubeconfig", kubeconfig,
+                 "--node-netns", node.netns]  # podCIDR: the agent takes the one node IPAM sets on its Node
+        optional = {"--node-ip": node.ip, "--data-dir": paths.node_dir(node.name),
+                    "--root-dir": paths.node_dir(node.name), "--cluster-cidr": CLUSTER_CIDR}
+        agent += [x for flag, value in optional.items() if flag in agent_flags for x in (flag, value)]
+        add(f"agent-{node.name}", agent)
+        add(f"proxy-{node.name}", [*nsenter(node.netns), *kl, "proxy", "--node-name", node.name,
+                                    "--kubeconfig", kubeconfig, "--cluster-cidr", CLUSTER_CIDR])
+    return progs
+
+
+def write_programs(paths: Paths, progs: list[dict[str, Any]]) -> None:
+    tmp = paths.programs + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"programs": progs}, f, indent=2)
+    os.replace(tmp, paths.programs)
+
+
+def start_supervisor(paths: Paths) -> tuple[int, int]:
+    os.makedirs(paths.logs, exist_ok=True)
+    with open(paths.log("supervisor"), "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "kubeling.lab.supervisor", "--lab-dir", paths.dir],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=str(REPO))
+    return proc.pid, proc_starttime(proc.pid)
+
+
+# ---------------------------------------------------------------------------------------------- up
+
+def install_step(args: argparse.Namespace, paths: Paths) -> None:
+    if args.no_install:
+        say("install: skipped (--no-install)")
+        return
+    script = REPO / "scripts" / "provision-node"
+    say("install: apt packages and the venv (scripts/provision-node --deps-only)")
+    res = subprocess.run([str(script), "--deps-only"], capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
+        raise LabError(f"scripts/provision-node --deps-only failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}")
+    if not agent_available():
+        return
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0:
+        say("install: a Docker engine runs")
+        return
+    say("install: starting dockerd --iptables=false --ip-masq=false --bridge=none")
+    os.makedirs(paths.logs, exist_ok=True)
+    with open(paths.log("dockerd"), "ab") as log:
+        subprocess.Popen(["dockerd", "--iptables=false", "--ip-masq=false", "--bridge=none"], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode != 0:
+        if time.monotonic() > deadline:
+            raise LabError(f"dockerd did not come up in 30 s; see {paths.log('dockerd')}")
+        time.sleep(0.5)
+
+
+def images_step(args: argparse.Namespace) -> None:
+    script = REPO / "scripts" / "images"
+    if args.no_images:
+        say("images: skipped (--no-images)")
+    elif not script.exists():
+        say("images: scripts/images not present yet, skipped")
+    else:
+        say("images: building the local images (scripts/images)")
+        res = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            raise LabError(f"scripts/images failed: {(res.stderr or res.stdout).strip()[-300:]}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    require_root()
+    paths = Paths(args.state_dir)
+    topo = topology.plan(args.prefix, args.nodes)
+    if args.store == "etcd":
+        import importlib.util
+        if importlib.util.find_spec("apiserver.store.etcd") is None:
+            raise LabError("--store etcd: this apiserver has no etcd backend yet (apiserver/store/etcd.py); "
+                           "use --store sqlite")
+        if shutil.which("etcd") is None:
+            raise LabError("--store etcd: etcd is not installed (apt-get install etcd-server)")
+    with locked(paths.dir):
+        if LabState.load(paths.state_json) is not None:
+            say("leftovers of an earlier lab found in state.json: cleaning them first")
+            teardown(paths)
+        install_step(args, paths)
+        images_step(args)
+        api_port = args.api_port
+        if api_port == 0 or (api_port == DEFAULT_API_PORT and not port_free(api_port)):
+            api_port = free_port()
+        elif not port_free(api_port):
+            raise LabError(f"--api-port {api_port}: 127.0.0.1:{api_port} is in use; pick another or 0 for any")
+        state = LabState(prefix=topo.prefix, nodes=[n.name for n in topo.workers], api_port=api_port,
+                         store=args.store, phase="creating")
+        state.save(paths.state_json)
+        try:
+            bring_up(topo, paths, state, args)
+        except BaseException:
+            say("up failed: rolling back (logs stay in " + paths.logs + ")")
+            teardown(paths, quiet=True)
+            raise
+    return 0
+
+
+def bring_up(topo: Topology, paths: Paths, state: LabState, args: argparse.Namespace) -> None:
+    host = Host()
+
+    def record(ns: str) -> None:
+        if ns not in state.namespaces:
+            state.namespaces.append(ns)
+            state.save(paths.state_json)
+
+    for d in (paths.logs, paths.state):
+        os.makedirs(d, exist_ok=True)
+    say(f"underlay: switch namespace {topo.switch} (bridge {topology.SWITCH_BRIDGE}, {topology.UNDERLAY})")
+    say(f"control plane: namespace {topo.control.netns} ({topo.control.ip})")
+    for n in topo.workers:
+        say(f"worker: namespace {n.netns} ({n.ip})")
+    topology.build(topo, host, record)
+
+    for node in topo.workers:
+        write_kubeconfig(os.path.join(paths.node_dir(node.name), "kubeconfig"), topo.api_url)
+    progs = programs_for(topo, paths, state.api_port, state.store, agents=not args.no_agents)
+    write_programs(paths, progs)
+    if args.no_agents:
+        say("workers: no agent or proxy started (--no-agents)")
+    elif not agent_available():
+        say("workers: agent/main.py not present yet: no agent or proxy started on the workers")
+    say(f"supervisor: starting {', '.join(p['name'] for p in progs)}")
+    state.supervisor_pid, state.supervisor_start = start_supervisor(paths)
+    state.save(paths.state_json)
+
+    say(f"control plane: waiting for kubeling server at {topo.api_url} via 127.0.0.1:{state.api_port}")
+    deadline = time.monotonic() + args.timeout
+    while http_get(state.api_port, "/readyz")[0] != 200:
+        if not alive(state.supervisor_pid, state.supervisor_start):
+            raise LabError(f"the supervisor exited; see {paths.log('supervisor')}")
+        if time.monotonic() > deadline:
+            raise LabError(f"kubeling server did not answer in {args.timeout:.0f} s; last lines of "
+                           f"{paths.log('server')}:\n{tail(paths.log('server'))}")
+        time.sleep(0.2)
+    write_kubeconfig(paths.kubeconfig, f"http://127.0.0.1:{state.api_port}")
+    state.phase = "up"
+    state.save(paths.state_json)
+    say("up. Summary:")
+    print(f"  control  {topo.control.netns:<16} {topo.control.ip:<15} kubeling server :{API_PORT}")
+    for n in topo.workers:
+        what = "agent + proxy" if agent_available() and not args.no_agents else "(no agent)"
+        print(f"  {n.name:<8} {n.netns:<16} {n.ip:<15} {what} (podCIDR from node IPAM: see status)")
+    print(f"  kubectl --kubeconfig {paths.kubeconfig} get nodes     (127.0.0.1:{state.api_port} -> "
+          f"{topo.control.ip}:{API_PORT})")
+    print(f"  {sys.argv[0] if sys.argv[0].endswith('lab') else 'scripts/lab'} status | exec NODE -- CMD | "
+          f"logs COMPONENT [NODE] | down")
+
+
+# ---------------------------------------------------------------------------------------------- down
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int, starttime: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid, starttime):
+        if time.monotonic() > deadline:
+            return False
+        try:
+            os.waitpid(pid, os.WNOHANG)  # our own child (the supervisor started by this process): reap it
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return True
+
+
+def stop_process(pid: int, starttime: int, grace: float) -> None:
+    if not alive(pid, starttime):
+        return
+    _signal(pid, signal.SIGTERM)
+    if not _wait_gone(pid, starttime, grace):
+        _signal(pid, signal.SIGKILL)
+        _wait_gone(pid, starttime, 5)
+
+
+def pids_in_netns(names: list[str]) -> list[int]:
+    """Processes whose network namespace is one of the lab's (found by the namespace's inode)."""
+    want = set()
+    for name in names:
+        try:
+            st = os.stat(os.path.join(NETNS_DIR, name))
+            want.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    found = []
+    for entry in os.listdir("/proc") if want else []:
+        if entry.isdigit():
+            try:
+                st = os.stat(f"/proc/{entry}/ns/net")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in want:
+                found.append(int(entry))
+    return found
+
+
+def remove_containers(nodes: list[str]) -> int:
+    if not nodes or shutil.which("docker") is None:
+        return 0
+    removed = 0
+    for node in nodes:
+        try:
+            res = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={NODE_LABEL}={node}"],
+                                 capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return removed
+        ids = res.stdout.split() if res.returncode == 0 else []
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=60)
+            removed += len(ids)
+    return removed
+
+
+def teardown(paths: Paths, quiet: bool = False) -> None:
+    """Undo everything state.json records; every step tolerates 'already gone'."""
+    log: Callable[[str], None] = (lambda _m: None) if quiet else say
+    state = LabState.load(paths.state_json)
+    if state is None:
+        log(f"nothing recorded in {paths.state_json}: nothing to remove")
+        return
+    if alive(state.supervisor_pid, state.supervisor_start):
+        log(f"stopping the supervisor (pid {state.supervisor_pid}) and its programs")
+        stop_process(state.supervisor_pid, state.supervisor_start, 12)
+    status = read_json(paths.supervisor)
+    for name, prog in (status.get("programs") or {}).items():
+        pid, start = int(prog.get("pid") or 0), int(prog.get("starttime") or 0)
+        if pid and alive(pid, start):
+            log(f"stopping {name} (pid {pid})")
+            stop_process(pid, start, 3)
+    stray = [p for p in pids_in_netns(state.namespaces) if p != os.getpid()]
+    for pid in stray:
+        log(f"killing pid {pid}, still in a lab namespace")
+        _signal(pid, signal.SIGKILL)
+    for pid in stray:
+        _wait_gone(pid, 0, 5)
+    n = remove_containers(state.nodes)
+    if n:
+        log(f"removed {n} container(s) labelled {NODE_LABEL}=<lab node>")
+    if state.namespaces:
+        log(f"removing namespaces {', '.join(state.namespaces)} (their links go with them)")
+    topology.destroy(state.namespaces, Host())
+    for f in (paths.programs, paths.supervisor, paths.kubeconfig):
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(paths.state, ignore_errors=True)
+    os.unlink(paths.state_json)
+    log("down: nothing of the lab is left (logs kept in " + paths.logs + ")")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    require_root()
+    paths = Paths(args.state_dir)
+    with locked(paths.dir):
+        teardown(paths)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- the rest
+
+def load_up(paths: Paths) -> LabState:
+    state = LabState.load(paths.state_json)
+    if state is None:
+        raise LabError(f"no lab recorded in {paths.dir}; start one with `scripts/lab up`")
+    return state
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    paths = Paths(args.state_dir)
+    state = load_up(paths)
+    topo = topology.plan(state.prefix, len(state.nodes))
+    existing = Host().netns_list()
+    sup = "running" if alive(state.supervisor_pid, state.supervisor_start) else "NOT running"
+    print(f"lab {paths.dir}: phase {state.phase or '?'}, supervisor pid {state.supervisor_pid} {sup}")
+    for ns in state.namespaces:
+        print(f"  netns {ns:<20} {'present' if ns in existing else 'MISSING'}")
+    for name, prog in sorted((read_json(paths.supervisor).get("programs") or {}).items()):
+        print(f"  {name:<14} {prog.get('state', '?'):<8} pid {prog.get('pid') or '-':<7} "
+              f"restarts {prog.get('restarts', 0)}  last exit {prog.get('last_exit')}")
+    code, _ = http_get(state.api_port, "/readyz")
+    print(f"  apiserver via 127.0.0.1:{state.api_port} -> {topo.api_url}: "
+          f"{'ready' if code == 200 else 'not answering' if code == 0 else f'HTTP {code}'}")
+    if code == 200:
+        _, body = http_get(state.api_port, "/api/v1/nodes")
+        try:
+            items = json.loads(body).get("items", [])
+        except ValueError:
+            items = []
+        for item in items:
+            conds = {c.get("type"): c.get("status") for c in item.get("status", {}).get("conditions", [])}
+            print(f"  node {item['metadata']['name']:<10} Ready={conds.get('Ready', '?')} "
+                  f"podCIDR={item.get('spec', {}).get('podCIDR', '-')}")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    paths = Paths(args.state_dir)
+    state = load_up(paths)
+    topo = topology.plan(state.prefix, len(state.nodes))
+    netns = topo.switch if args.node in ("sw", "switch", topo.switch) else topo.node(args.node).netns
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise LabError("nothing to run: lab exec NODE -- CMD [ARGS...]")
+    argv = [*nsenter(netns), *cmd]
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        raise LabError(f"cannot run nsenter: {e.strerror}") from None
+    return 0  # not reached
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    paths = Paths(args.state_dir)
+    name = args.component
+    if name in ("agent", "proxy"):
+        if not args.node:
+            raise LabError(f"lab logs {name} NODE: which node? (e.g. node1)")
+        name = f"{name}-{args.node}"
+    path = paths.log(name)
+    if not os.path.exists(path):
+        raise LabError(f"no log {path} (components: {', '.join(COMPONENTS)}; agent/proxy take a NODE)")
+    argv = ["tail", "-n", str(args.lines), *(["-F"] if args.follow else []), path]
+    os.execvp(argv[0], argv)
+    return 0  # not reached
+
+
+def set_node_enabled(args: argparse.Namespace, enabled: bool) -> int:
+    require_root()
+    paths = Paths(args.state_dir)
+    with locked(paths.dir):
+        state = load_up(paths)
+        topo = topology.plan(state.prefix, len(state.nodes))
+        node = topo.node(args.node)
+        if node is topo.control:
+            raise LabError("kill/start act on a worker's agent and proxy (node1, node2, ...)")
+        names = {f"agent-{node.name}", f"proxy-{node.name}"}
+        progs = read_json(paths.programs).get("programs", [])
+        mine = [p for p in progs if p.get("name") in names]
+        if not mine:
+            raise LabError(f"{node.name} runs no agent or proxy (agent/main.py was not there at `lab up`)")
+        for p in mine:
+            p["enabled"] = enabled
+        write_programs(paths, progs)
+        if not alive(state.supervisor_pid, state.supervisor_start):
+            raise LabError("the supervisor is not running; `scripts/lab up` again")
+        os.kill(state.supervisor_pid, signal.SIGHUP)
+        want = "running" if enabled else "stopped"
+        deadline = time.monotonic() + 15
+        while True:
+            status = read_json(paths.supervisor).get("programs") or {}
+            if all(status.get(n, {}).get("state") == want for n in names):
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"{node.name}: agent/proxy not {want} after 15 s; see `scripts/lab status`")
+            time.sleep(0.1)
+        say(f"{node.name}: agent and proxy {want}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", default=default_lab_dir(), metavar="DIR",
+                   help="the lab's directory: state.json, kubeconfig, logs/ (default $KUBELING_LAB_DIR or "
+                        "<repo>/.lab: %(default)s)")
+    p.add_argument("--prefix", default=os.environ.get("KUBELING_LAB_PREFIX", "kl-lab"),
+                   help="name prefix of the lab's namespaces (default $KUBELING_LAB_PREFIX or %(default)s)")
+    # The same two options after ACTION too (`lab up --state-dir X`); SUPPRESS keeps the value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=argparse.SUPPRESS, metavar="DIR", help="the lab's directory")
+    common.add_argument("--prefix", default=argparse.SUPPRESS, help="name prefix of the lab's namespaces")
+    sub = p.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    add_parser = sub.add_parser
+
+    def sub_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[common], **kw)
+
+    sub.add_parser = sub_parser  # type: ignore[method-assign]
+    up = sub.add_parser("up", help="create the lab: underlay, control plane, N workers (root)",
+                        description="Create the underlay switch, the control-plane namespace running `kubeling "
+                                    "server` and N worker namespaces (agent + proxy), and write DIR/kubeconfig "
+                                    "for kubectl through a loopback forwarder. Cleans leftovers of a crashed lab first.")
+    up.add_argument("--nodes", type=int, default=2, metavar="N", help="number of workers (default %(default)s)")
+    up.add_argument("--store", choices=["sqlite", "etcd"], default="sqlite", help="apiserver store (default %(default)s)")
+    up.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, metavar="PORT",
+                    help="loopback port of the kubeconfig's forwarder; 0 = any free port (default %(default)s, "
+                         "or a free one if taken)")
+    up.add_argument("--no-install", action="store_true", help="skip installing apt packages, the venv and dockerd")
+    up.add_argument("--no-agents", action="store_true", help="start no agent or proxy on the workers")
+    up.add_argument("--no-images", action="store_true", help="skip building the local images")
+    up.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="how long to wait for the control plane (default %(default)s)")
+    up.set_defaults(lab_func=cmd_up)
+    sub.add_parser("down", help="remove everything the lab made (safe to repeat)",
+                   description="Stop every recorded process, remove the lab's containers, namespaces (with their "
+                               "links), mounts and state directories. Logs stay.").set_defaults(lab_func=cmd_down)
+    sub.add_parser("status", help="show what runs and what answers").set_defaults(lab_func=cmd_status)
+    ex = sub.add_parser("exec", help="run CMD in a node's network namespace",
+                        description="Run CMD with `nsenter --net=/var/run/netns/<prefix>-NODE` (NODE: control, "
+                                    "node1, ..., or sw for the switch).")
+    ex.add_argument("node", metavar="NODE")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    ex.set_defaults(lab_func=cmd_exec)
+    lg = sub.add_parser("logs", help="print a component's log",
+                        description=f"Components: {', '.join(COMPONENTS)}; agent and proxy take a NODE.")
+    lg.add_argument("component", choices=COMPONENTS, metavar="COMPONENT")
+    lg.add_argument("node", nargs="?", metavar="NODE")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.add_argument("-n", "--lines", type=int, default=100, help="lines to show (default %(default)s)")
+    lg.set_defaults(lab_func=cmd_logs)
+    for action, on in (("kill", False), ("start", True)):
+        k = sub.add_parser(action, help=f"{action} a worker's agent and proxy")
+        k.add_argument("node", metavar="NODE")
+        k.set_defaults(lab_func=lambda a, on=on: set_node_enabled(a, on))
+
+
+def run(args: argparse.Namespace) -> int:
+    args.state_dir = os.path.abspath(args.state_dir)
+    try:
+        return int(args.lab_func(args))
+    except LabError as e:
+        print(f"kubeling lab {args.lab_command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -43,6 +43,12 @@ class CreateError(Exception):
     """The engine refused to create or start a container (bad config, bad command...)."""
 
 
+class NameConflict(Exception):
+    """A container of that name exists already (HTTP 409 from the engine)."""
+
+    status_code = 409
+
+
 @dataclass
 class ContainerInfo:
     id: str
@@ -57,10 +63,16 @@ class ContainerInfo:
     image: str = ""
     image_id: str = ""
     pid: int = 0
+    network_mode: str = ""  # "container:<pause id>" for a pod's app and init containers
 
     @property
     def running(self) -> bool:
         return self.state in ("running", "paused", "restarting")
+
+    @property
+    def sandbox_id(self) -> str:
+        """The ID of the pause container whose network namespace this container joined ("" = none)."""
+        return self.network_mode.removeprefix("container:") if self.network_mode.startswith("container:") else ""
 
     @property
     def restart_count(self) -> int:
@@ -190,7 +202,7 @@ class DockerRuntime:
             raise ImageNotFound(str(e.explanation)) from None
         except self._errors.APIError as e:
             if e.status_code == 409:
-                raise
+                raise NameConflict(str(e.explanation or e)) from None
             raise CreateError(str(e.explanation or e)) from None
 
     def start(self, cid: str) -> None:
@@ -243,7 +255,8 @@ class DockerRuntime:
             state=str(st.get("Status", "")), exit_code=int(st.get("ExitCode") or 0),
             started_at=_epoch(st.get("StartedAt")), finished_at=_epoch(st.get("FinishedAt")),
             oom_killed=bool(st.get("OOMKilled")), error=str(st.get("Error") or ""), image=str(cfg.get("Image", "")),
-            image_id=str(d.get("Image", "")), pid=int(st.get("Pid") or 0))
+            image_id=str(d.get("Image", "")), pid=int(st.get("Pid") or 0),
+            network_mode=str((d.get("HostConfig") or {}).get("NetworkMode") or ""))
 
     def stop_signal(self, cid: str) -> str:
         try:
@@ -316,10 +329,10 @@ class FakeRuntime:
             if spec.image not in self.images:
                 raise ImageNotFound(f"No such image: {spec.image}")
             if any(c.name == spec.name for c in self.store.values()):
-                raise CreateError(f"Conflict. The container name \"/{spec.name}\" is already in use")
+                raise NameConflict(f"Conflict. The container name \"/{spec.name}\" is already in use")
             cid = f"{next(self._ids):064x}"
             self.store[cid] = ContainerInfo(cid, spec.name, dict(spec.labels), "created", image=spec.image,
-                                                 image_id=self.images[spec.image])
+                                            image_id=self.images[spec.image], network_mode=spec.network_mode)
             self.specs[cid] = spec
             self.calls.append(("create", cid))
             return cid

@@ -227,32 +227,72 @@ class SandboxManager:
 
 
 class FakeSandboxes:
-    """In-memory sandboxes for unit tests."""
+    """In-memory sandboxes for unit tests, shaped like SandboxManager.
 
-    def __init__(self) -> None:
+    Each sandbox is a pause container in a (fake) runtime, labelled like the real one, plus a
+    fake netns name and an IP from a counter (like host-local IPAM, a new sandbox gets a new IP).
+    A test kills a sandbox the way Docker would: runtime.exit(pause_id, 137) or runtime.remove;
+    healthy()/ensure() then see what the real manager would see.  `ips` holds the reserved
+    addresses and `netns` the "mounted" namespaces, so tests can check that nothing leaks.
+    """
+
+    def __init__(self, runtime: rt.FakeRuntime | None = None, node: str = "node1") -> None:
+        self.runtime = runtime if runtime is not None else rt.FakeRuntime()
+        self.node = node
         self.boxes: dict[str, SandboxInfo] = {}
         self.torn_down: list[str] = []
+        self.cni_del: list[str] = []  # pause IDs released by teardown (CNI DEL)
+        self.ips: dict[str, str] = {}  # ip -> pause ID holding it
+        self.netns: set[str] = set()
         self.fail: str | None = None
         self._n = 0
 
     def ensure(self, pod: dict[str, Any], labels: dict[str, str]) -> SandboxInfo:
-        uid = pod["metadata"]["uid"]
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        cur = self.boxes.get(uid)
+        if cur is not None:
+            if self.healthy(cur):
+                return cur
+            self.teardown(uid)
         if self.fail:
             raise SandboxError(self.fail)
-        if uid not in self.boxes:
-            self._n += 1
-            self.boxes[uid] = SandboxInfo(uid, f"pause{self._n}", f"fake-{uid}", f"10.244.0.{self._n + 1}")
-        return self.boxes[uid]
+        attempt = 0 if cur is None else cur.attempt + 1
+        spec = rt.CreateSpec(
+            name=f"k8s_POD_{meta['name']}_{meta.get('namespace', 'default')}_{uid[:8]}_{attempt}",
+            image=PAUSE_IMAGE, labels={**labels, rt.L_CONTAINER: "POD", rt.L_KIND: "sandbox"},
+            hostname=meta["name"][:63], network_mode="none", ipc_mode="shareable")
+        pause = self.runtime.create(spec)
+        self.runtime.start(pause)
+        self._n += 1
+        ip = f"10.244.{self._n // 250}.{self._n % 250 + 2}"
+        sb = SandboxInfo(uid, pause, f"fake-{uid}", ip, attempt)
+        self.ips[ip] = pause
+        self.netns.add(sb.netns)
+        self.boxes[uid] = sb
+        return sb
 
     def get(self, uid: str) -> SandboxInfo | None:
         return self.boxes.get(uid)
 
     def healthy(self, info: SandboxInfo) -> bool:
-        return info.uid in self.boxes
+        c = self.runtime.inspect(info.pause_id)
+        return c is not None and c.running and info.netns in self.netns
 
     def teardown(self, uid: str) -> None:
         self.torn_down.append(uid)
-        self.boxes.pop(uid, None)
+        info = self.boxes.pop(uid, None)
+        pauses = {cid for cid, (_s, lb) in self.runtime.list_ids({rt.L_POD_UID: uid}).items()
+                  if lb.get(rt.L_KIND) == "sandbox"}
+        if info is not None:
+            pauses.add(info.pause_id)
+            self.netns.discard(info.netns)
+        for pid in sorted(pauses):
+            self.cni_del.append(pid)
+            for ip in [ip for ip, owner in self.ips.items() if owner == pid]:
+                del self.ips[ip]
+            self.runtime.stop(pid, 2)
+            self.runtime.remove(pid)
 
     def known(self) -> list[str]:
         return list(self.boxes)

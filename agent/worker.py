@@ -7,6 +7,11 @@ finished: a later update never turns a kill back into a run.
 
 Run:  volumes -> sandbox (pause + netns + CNI) -> init containers in order -> containers
       (restart policy + crash back-off) -> status via the status subresource, if changed.
+      Sandbox changed (its pause container died or vanished, or a running container joined
+      another pause container): like upstream, the whole pod is killed and re-created: stop the
+      containers, keep the last attempt of each as history, tear the old sandbox down (CNI DEL,
+      netns unmount), make a new one (maybe a new IP), run the init containers again from the
+      first and restart the containers with restartCount + 1 (crash back-off applies).
 Kill: stop every container (STOPSIGNAL, grace, SIGKILL) -> remove them -> sandbox teardown
       -> volumes teardown -> DELETE pods/NAME?gracePeriodSeconds=0 with a uid precondition.
 """
@@ -184,6 +189,15 @@ class PodWorkers:
         except ContainerConfigError as e:
             self.events.warn(pod, "FailedMount", e.message)
             paths, retry = None, CONFIG_RETRY
+        if paths is not None and self._sandbox_changed(uid, actual):
+            self._kill_for_new_sandbox(pod, actual)
+            actual = self.runtime.containers({rt.L_NODE: self.node, rt.L_POD_UID: uid})
+            by_name = _group(actual)
+        if paths is not None and spec.get("restartPolicy", "Always") == "Never" and by_name \
+                and self.sandboxes.get(uid) is None:
+            # upstream: a Never pod that has run gets no new sandbox; its killed containers fail it
+            self._write_status(pod, by_name, waiting, None, _init_done(spec, by_name))
+            return
         if paths is not None:
             try:
                 sandbox = self.sandboxes.ensure(pod, self._labels(pod))
@@ -202,12 +216,50 @@ class PodWorkers:
         if retry is not None:
             self.requeue(uid, retry)
 
+    def _sandbox_changed(self, uid: str, actual: list[rt.ContainerInfo]) -> bool:
+        """Containers exist, but their sandbox is gone, dead, or not the current one."""
+        apps = [c for c in actual if c.labels.get(rt.L_KIND) != "sandbox"]
+        if not apps:
+            return False  # nothing joined a sandbox yet: ensure() makes (or remakes) it
+        cur = self.sandboxes.get(uid)
+        if cur is None or not self.sandboxes.healthy(cur):
+            return not _only_history(apps, cur)
+        return any(c.running and c.sandbox_id and c.sandbox_id != cur.pause_id for c in apps)
+
+    def _kill_for_new_sandbox(self, pod: dict[str, Any], actual: list[rt.ContainerInfo]) -> None:
+        """Stop the pod's containers, keep the last attempt of each (restart count, lastState,
+        logs --previous), and tear the old sandbox down; _run then makes a new one."""
+        uid = pod["metadata"]["uid"]
+        old = self.sandboxes.get(uid)
+        apps = [c for c in actual if c.labels.get(rt.L_KIND) != "sandbox"]
+        joined = sorted({c.sandbox_id for c in apps if c.sandbox_id} | ({old.pause_id} if old else set()))
+        log.info("sandbox changed, killing and re-creating pod=%s/%s uid=%s old=%s", pod["metadata"].get("namespace"),
+                 pod["metadata"]["name"], uid, ",".join(j[:12] for j in joined))
+        self.events.normal(pod, "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.",
+                           dedup="/".join(joined))
+        running = [c for c in apps if c.running]
+        for c in running:
+            name = c.labels.get(rt.L_CONTAINER, "")
+            self.events.normal(pod, "Killing", f"Stopping container {name}", name, dedup=f"{c.id}/kill")
+        list(self._pool.map(lambda c: self.runtime.stop(c.id, _grace(pod)), running))
+        if self.hooks.probes is not None:
+            try:
+                self.hooks.probes.remove(uid)  # they aimed at the old IP; new containers add their own
+            except NotImplementedError:
+                pass
+        for hist in _group(apps).values():
+            for c in hist[:-1]:
+                self.runtime.remove(c.id)
+        self.sandboxes.teardown(uid)
+
     def _sync_init(self, pod: dict[str, Any], sb: SandboxInfo, paths: dict[str, str],
                    by_name: dict[str, list[rt.ContainerInfo]], waiting: dict[str, S.Waiting]) -> tuple[bool, float | None]:
         policy = (pod.get("spec") or {}).get("restartPolicy", "Always")
         for c in (pod.get("spec") or {}).get("initContainers") or []:
             hist = by_name.get(c["name"], [])
             cur = hist[-1] if hist else None
+            if cur is not None and _stale(cur, sb):
+                return False, self._sync_container(pod, c, sb, paths, by_name, waiting, "init")  # run again
             if cur is not None and not cur.running and cur.state != "created" and cur.exit_code == 0:
                 continue  # done
             if cur is not None and cur.running:
@@ -238,8 +290,9 @@ class PodWorkers:
                 return 0.0
             return None
         if cur is not None:  # exited (or never started)
-            if not S.should_restart(policy, cur.exit_code) and not (cur.error and not cur.started_at
-                                                                   and policy != "Never"):
+            rerun = kind == "init" and _stale(cur, sb)  # a new sandbox runs every init container again
+            if not rerun and not S.should_restart(policy, cur.exit_code) and not (
+                    cur.error and not cur.started_at and policy != "Never"):
                 return None
             left = self.backoff.remaining(key, cur.finished_at or cur.started_at or self.clock())
             if left > 0:
@@ -404,7 +457,7 @@ class PodWorkers:
                                  if c.get("readinessProbe") else True)
             if c.get("readinessProbe") and self._probe(uid, c["name"], "readiness") is None:
                 ready = False
-            if cur is None and w is None and is_init is False and not init_done:
+            if w is None and is_init is False and not init_done and (cur is None or _stale(cur, sb)):
                 w = S.Waiting("PodInitializing")
             return S.container_status(c, cur, prev, w, ready, started, rc)
 
@@ -517,6 +570,29 @@ def _group(actual: list[rt.ContainerInfo]) -> dict[str, list[rt.ContainerInfo]]:
     for v in out.values():
         v.sort(key=lambda c: c.restart_count)
     return out
+
+
+def _stale(c: rt.ContainerInfo, sb: SandboxInfo | None) -> bool:
+    """c is history from an earlier sandbox of the pod (not running, joined another pause)."""
+    return sb is not None and not c.running and bool(c.sandbox_id) and c.sandbox_id != sb.pause_id
+
+
+def _only_history(apps: list[rt.ContainerInfo], old: SandboxInfo | None) -> bool:
+    """Nothing runs and every container is the kept last attempt of an earlier sandbox: the
+    kill already happened (e.g. the new sandbox could not be made yet), nothing to do again."""
+    if any(c.running for c in apps):
+        return False
+    if old is None:
+        return True
+    return all(c.sandbox_id and c.sandbox_id != old.pause_id for c in apps)
+
+
+def _init_done(spec: dict[str, Any], by_name: dict[str, list[rt.ContainerInfo]]) -> bool:
+    for c in spec.get("initContainers") or []:
+        hist = by_name.get(c["name"], [])
+        if not hist or hist[-1].running or hist[-1].exit_code != 0:
+            return False
+    return True
 
 
 def _grace(pod: dict[str, Any]) -> int:

@@ -33,13 +33,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-ip", default="", help="the node's InternalIP (hostIP of its pods)")
     p.add_argument("--docker-host", default="unix:///var/run/docker.sock")
     p.add_argument("--workers", type=int, default=8, help="pod worker threads")
+    p.add_argument("--cluster-cidr", default="", help="pod range of the whole cluster: pod traffic to it is not "
+                   "masqueraded (default: only the node's own podCIDR is exempt)")
+    p.add_argument("--pod-routes", action=argparse.BooleanOptionalAction, default=True,
+                   help="route other nodes' podCIDRs via their InternalIPs in the node namespace (host-gw)")
 
 
-def cni_conf_for(pod_cidr: str, data_dir: str) -> dict[str, Any]:
-    return {"cniVersion": "1.1.0", "name": "kubeling", "type": "kubeling-cni", "bridge": "kl0", "mtu": 1500,
-            "isGateway": True, "isDefaultGateway": True, "ipMasq": True, "hairpinMode": True,
-            "iptablesBackend": "legacy",
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "dataDir": data_dir}}
+def cni_conf_for(pod_cidr: str, data_dir: str, cluster_cidr: str = "") -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "cniVersion": "1.1.0", "name": "kubeling", "type": "kubeling-cni", "bridge": "kl0", "mtu": 1500,
+        "isGateway": True, "isDefaultGateway": True, "ipMasq": True, "hairpinMode": True,
+        "iptablesBackend": "legacy",
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "dataDir": data_dir}}
+    if cluster_cidr:  # host-gw: pod-to-pod traffic between nodes keeps its pod source address
+        conf["ipMasqExclude"] = cluster_cidr
+    return conf
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         with open(args.cni_conf) as f:
             conf_holder["conf"] = json.load(f)
     elif args.pod_cidr:
-        conf_holder["conf"] = cni_conf_for(args.pod_cidr, os.path.join(root, "cni"))
+        conf_holder["conf"] = cni_conf_for(args.pod_cidr, os.path.join(root, "cni"), args.cluster_cidr)
 
     # The API server starts first: with --listen HOST:0 only it knows the real port, which the
     # Node advertises (kubeling.io/agent-endpoint) so that the apiserver can proxy `kubectl logs`.
@@ -94,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if "conf" not in conf_holder and node_status is not None:
             cidr = node_status.pod_cidr()
             if cidr:
-                conf_holder["conf"] = cni_conf_for(cidr, os.path.join(root, "cni"))
+                conf_holder["conf"] = cni_conf_for(cidr, os.path.join(root, "cni"), args.cluster_cidr)
         return conf_holder.get("conf")
 
     sandboxes = SandboxManager(runtime, node, root, node_netns=args.node_netns, cni_conf=cni_conf)
@@ -110,10 +118,17 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: done.set())
     if node_status is not None:
         node_status.start()
+    routes: Any = None
+    if args.pod_routes:
+        from agent.routes import IPRouteHost, NodeRoutes
+        routes = NodeRoutes(client, node, IPRouteHost(args.node_netns))
+        routes.start()
     agent.start()
     log.info("agent running node=%s root=%s node_netns=%s", node, root, args.node_netns or "-")
     done.wait()
     agent.stop()
+    if routes is not None:
+        routes.stop()
     if node_status is not None:
         node_status.stop()
     if server is not None:

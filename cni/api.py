@@ -167,7 +167,8 @@ def _ensure_node(node: Netlink, conf: NetConf, host_netns: str | None, res: Exit
     if conf.ip_masq:
         for rs in conf.range_sets:
             for r in rs:
-                chk = host.MasqueradeCheck(conf.name, str(r.subnet), conf.iptables_backend, host_netns).start()
+                chk = host.MasqueradeCheck(conf.name, str(r.subnet), conf.iptables_backend, host_netns,
+                                            conf.ip_masq_exclude).start()
                 res.callback(chk.cancel)
                 checks.append(chk)
     br = ensure_bridge(node, conf)

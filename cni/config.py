@@ -94,6 +94,7 @@ class NetConf:
         self.is_gateway = True
         self.is_default_gateway = True
         self.ip_masq = False
+        self.ip_masq_exclude = ""  # "" = the pod subnet (traffic to it is never masqueraded)
         self.hairpin_mode = True
         self.promisc_mode = False
         self.iptables_backend = "legacy"
@@ -270,6 +271,10 @@ def parse(raw: dict[str, Any], plugin_type: str = PLUGIN_TYPE, need_ipam: bool =
     if conf.is_default_gateway:
         conf.is_gateway = True
     conf.ip_masq = _bool(p, "ipMasq", False)
+    if p.get("ipMasqExclude") not in (None, ""):
+        # Traffic to this range keeps its pod source address: the cluster CIDR when other nodes route
+        # pod subnets to each other (host-gw), as flannel masquerades only what leaves the cluster.
+        conf.ip_masq_exclude = str(_net(p["ipMasqExclude"], "ipMasqExclude"))
     conf.hairpin_mode = _bool(p, "hairpinMode", True)
     conf.promisc_mode = _bool(p, "promiscMode", False)
     backend = p.get("iptablesBackend", "legacy")

@@ -53,9 +53,10 @@ def _run(netns: str | None, argv: list[str]) -> subprocess.CompletedProcess[str]
         raise CNIError(FIREWALL_FAILURE, f"{argv[0]} did not finish within {_TIMEOUT:.0f}s") from None
 
 
-def masq_rule(network: str, subnet: str) -> list[str]:
-    """The rule (as iptables arguments after the chain) masquerading traffic that leaves the pod CIDR."""
-    return ["-s", subnet, "!", "-d", subnet, "-m", "comment", "--comment", f"kubeling-cni:{network}",
+def masq_rule(network: str, subnet: str, exclude: str = "") -> list[str]:
+    """The rule (as iptables arguments after the chain) masquerading traffic that leaves the pod CIDR
+    (or `exclude`, e.g. the cluster CIDR, when set)."""
+    return ["-s", subnet, "!", "-d", exclude or subnet, "-m", "comment", "--comment", f"kubeling-cni:{network}",
             "-j", "MASQUERADE"]
 
 
@@ -66,8 +67,8 @@ class MasqueradeCheck:
     missing, fixes it with -N/-C/-A.  Fast path: one process, overlapped.
     """
 
-    def __init__(self, network: str, subnet: str, backend: str, netns: str | None) -> None:
-        self.network, self.subnet, self.netns = network, subnet, netns
+    def __init__(self, network: str, subnet: str, backend: str, netns: str | None, exclude: str = "") -> None:
+        self.network, self.subnet, self.netns, self.exclude = network, subnet, netns, exclude
         self.ipt = f"iptables-{backend}"
         self.proc: subprocess.Popen[str] | None = None
 
@@ -105,7 +106,7 @@ class MasqueradeCheck:
             raise CNIError(FIREWALL_FAILURE, f"{self.ipt}-save did not finish within {_TIMEOUT:.0f}s") from None
         ok = self.proc.returncode == 0
         self.proc = None
-        rule = masq_rule(self.network, self.subnet)
+        rule = masq_rule(self.network, self.subnet, self.exclude)
         jump_line = f"-A POSTROUTING -j {MASQ_CHAIN}"
         # iptables-save prints the comment in double quotes
         rule_line = f"-A {MASQ_CHAIN} " + " ".join(f'"{a}"' if a.startswith("kubeling-cni:") else a for a in rule)
@@ -115,9 +116,9 @@ class MasqueradeCheck:
         _fix_masquerade(self.ipt, rule, self.netns)
 
 
-def ensure_masquerade(network: str, subnet: str, backend: str, netns: str | None) -> None:
-    """nat POSTROUTING -> KL-CNI-MASQ -> MASQUERADE for src in subnet, dst outside it."""
-    MasqueradeCheck(network, subnet, backend, netns).start().finish()
+def ensure_masquerade(network: str, subnet: str, backend: str, netns: str | None, exclude: str = "") -> None:
+    """nat POSTROUTING -> KL-CNI-MASQ -> MASQUERADE for src in subnet, dst outside it (or outside `exclude`)."""
+    MasqueradeCheck(network, subnet, backend, netns, exclude).start().finish()
 
 
 def _fix_masquerade(ipt: str, rule: list[str], netns: str | None) -> None:

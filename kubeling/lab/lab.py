@@ -1,6 +1,7 @@
 """`kubeling lab`: a multi-node cluster of network namespaces on one machine (run as root).
 
     up       build the underlay, the control plane and N workers; write <lab dir>/kubeconfig
+    demo     a Deployment behind a ClusterIP and a NodePort, requested from every node (lab/demo.py)
     down     stop every recorded process, remove every recorded namespace/container/state dir
     status   what runs, what answers
     exec     run a command in a node's network namespace (nsenter --net)
@@ -16,6 +17,7 @@ the only thing there is the forwarder's listening socket on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -146,7 +148,8 @@ def tail(path: str, lines: int = 15) -> str:
 
 # ---------------------------------------------------------------------------------------------- programs
 
-def programs_for(topo: Topology, paths: Paths, api_port: int, store: str, agents: bool = True) -> list[dict[str, Any]]:
+def programs_for(topo: Topology, paths: Paths, api_port: int, store: str, agents: bool = True,
+                 server_args: list[str] | None = None) -> list[dict[str, Any]]:
     py = sys.executable
     kl = [py, "-m", "kubeling.cli", "--log-level", "info"]
     progs: list[dict[str, Any]] = []
@@ -156,7 +159,7 @@ def programs_for(topo: Topology, paths: Paths, api_port: int, store: str, agents
 
     control = os.path.join(paths.state, "control")
     server = [*nsenter(topo.control.netns), *kl, "server", "--listen", f"{topo.control.ip}:{API_PORT}",
-              "--data-dir", control, "--cluster-cidr", CLUSTER_CIDR]
+              "--data-dir", control, "--cluster-cidr", CLUSTER_CIDR, *(server_args or [])]
     if store == "etcd":
         etcd_dir = os.path.join(paths.state, "etcd")
         add("etcd", [*nsenter(topo.control.netns), "etcd", "--data-dir", etcd_dir, "--name", "control",
@@ -291,7 +294,11 @@ def bring_up(topo: Topology, paths: Paths, state: LabState, args: argparse.Names
 
     for node in topo.workers:
         write_kubeconfig(os.path.join(paths.node_dir(node.name), "kubeconfig"), topo.api_url)
-    progs = programs_for(topo, paths, state.api_port, state.store, agents=not args.no_agents)
+    server_args = [x for flag, value in (("--node-monitor-grace-period", args.node_monitor_grace_period),
+                                         ("--node-monitor-period", args.node_monitor_period))
+                   if value is not None for x in (flag, f"{value:g}")]
+    progs = programs_for(topo, paths, state.api_port, state.store, agents=not args.no_agents,
+                         server_args=server_args)
     write_programs(paths, progs)
     if args.no_agents:
         say("workers: no agent or proxy started (--no-agents)")
@@ -321,7 +328,7 @@ def bring_up(topo: Topology, paths: Paths, state: LabState, args: argparse.Names
     print(f"  kubectl --kubeconfig {paths.kubeconfig} get nodes     (127.0.0.1:{state.api_port} -> "
           f"{topo.control.ip}:{API_PORT})")
     print(f"  {sys.argv[0] if sys.argv[0].endswith('lab') else 'scripts/lab'} status | exec NODE -- CMD | "
-          f"logs COMPONENT [NODE] | down")
+          f"logs COMPONENT [NODE] | demo | down")
 
 
 # ---------------------------------------------------------------------------------------------- down
@@ -376,20 +383,56 @@ def pids_in_netns(names: list[str]) -> list[int]:
     return found
 
 
-def remove_containers(nodes: list[str]) -> int:
+def cluster_pod_uids(api_port: int) -> set[str] | None:
+    """UIDs of every pod the lab's apiserver knows (None when it does not answer)."""
+    if not api_port:
+        return None
+    code, body = http_get(api_port, "/api/v1/pods", timeout=5)
+    if code != 200:
+        return None
+    try:
+        return {str(p["metadata"]["uid"]) for p in json.loads(body).get("items", [])}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def remove_containers(nodes: list[str], uids: set[str] | None = None) -> int:
+    """Containers labelled with a lab node name; with `uids`, only those of these pods (other labs and
+    tests on this Docker engine may have nodes called node1 too)."""
     if not nodes or shutil.which("docker") is None:
         return 0
     removed = 0
     for node in nodes:
         try:
-            res = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={NODE_LABEL}={node}"],
-                                 capture_output=True, text=True, timeout=10)
+            res = subprocess.run(["docker", "ps", "-a", "--filter", f"label={NODE_LABEL}={node}", "--format",
+                                  '{{.ID}} {{.Label "io.kubeling.pod-uid"}}'], capture_output=True, text=True,
+                                 timeout=10)
         except subprocess.TimeoutExpired:
             return removed
-        ids = res.stdout.split() if res.returncode == 0 else []
+        rows = [line.split() for line in res.stdout.splitlines()] if res.returncode == 0 else []
+        ids = [r[0] for r in rows if r and (uids is None or (len(r) > 1 and r[1] in uids))]
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=60)
             removed += len(ids)
+    return removed
+
+
+def remove_pod_netns(paths: Paths, nodes: list[str], uids: set[str] | None) -> int:
+    """The pod network namespaces the lab's agents bind-mounted under /var/run/netns: those of the
+    pods the apiserver knew, and of every sandbox state file an agent left in its node dir."""
+    from agent.sandbox import NETNS_DIR, netns_name, unbind_netns
+
+    removed = 0
+    for node in nodes:
+        known = set(uids or ())
+        with contextlib.suppress(FileNotFoundError):
+            known |= {f[:-5] for f in os.listdir(os.path.join(paths.node_dir(node), "sandboxes"))
+                      if f.endswith(".json")}
+        for uid in known:
+            name = netns_name(node, uid)
+            if os.path.exists(os.path.join(NETNS_DIR, name)):
+                unbind_netns(name)
+                removed += 1
     return removed
 
 
@@ -400,6 +443,9 @@ def teardown(paths: Paths, quiet: bool = False) -> None:
     if state is None:
         log(f"nothing recorded in {paths.state_json}: nothing to remove")
         return
+    uids = cluster_pod_uids(state.api_port) if state.phase == "up" else None
+    if uids is None and state.nodes:
+        log("the apiserver does not answer: removing every container labelled with a lab node name")
     if alive(state.supervisor_pid, state.supervisor_start):
         log(f"stopping the supervisor (pid {state.supervisor_pid}) and its programs")
         stop_process(state.supervisor_pid, state.supervisor_start, 12)
@@ -415,9 +461,12 @@ def teardown(paths: Paths, quiet: bool = False) -> None:
         _signal(pid, signal.SIGKILL)
     for pid in stray:
         _wait_gone(pid, 0, 5)
-    n = remove_containers(state.nodes)
+    n = remove_containers(state.nodes, uids)
     if n:
         log(f"removed {n} container(s) labelled {NODE_LABEL}=<lab node>")
+    n = remove_pod_netns(paths, state.nodes, uids)
+    if n:
+        log(f"unmounted {n} pod network namespace(s)")
     if state.namespaces:
         log(f"removing namespaces {', '.join(state.namespaces)} (their links go with them)")
     topology.destroy(state.namespaces, Host())
@@ -542,6 +591,25 @@ def set_node_enabled(args: argparse.Namespace, enabled: bool) -> int:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
+def add_up_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=2, metavar="N", help="number of workers (default %(default)s)")
+    p.add_argument("--store", choices=["sqlite", "etcd"], default="sqlite", help="apiserver store (default %(default)s)")
+    p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, metavar="PORT",
+                   help="loopback port of the kubeconfig's forwarder; 0 = any free port (default %(default)s, "
+                        "or a free one if taken)")
+    p.add_argument("--no-install", action="store_true", help="skip installing apt packages, the venv and dockerd")
+    p.add_argument("--no-agents", action="store_true", help="start no agent or proxy on the workers")
+    p.add_argument("--no-images", action="store_true", help="skip building the local images")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the control plane (default %(default)s)")
+    grace = os.environ.get("KUBELING_LAB_NODE_GRACE")
+    p.add_argument("--node-monitor-grace-period", type=float, default=float(grace) if grace else None,
+                   metavar="SECONDS", help="kubeling server: a node silent this long becomes NotReady (default "
+                   "$KUBELING_LAB_NODE_GRACE or the server's 40 s; keep it above the agents' 10 s lease period)")
+    p.add_argument("--node-monitor-period", type=float, default=None, metavar="SECONDS",
+                   help="kubeling server: how often node health is checked (default the server's 5 s)")
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=default_lab_dir(), metavar="DIR",
                    help="the lab's directory: state.json, kubeconfig, logs/ (default $KUBELING_LAB_DIR or "
@@ -563,17 +631,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         description="Create the underlay switch, the control-plane namespace running `kubeling "
                                     "server` and N worker namespaces (agent + proxy), and write DIR/kubeconfig "
                                     "for kubectl through a loopback forwarder. Cleans leftovers of a crashed lab first.")
-    up.add_argument("--nodes", type=int, default=2, metavar="N", help="number of workers (default %(default)s)")
-    up.add_argument("--store", choices=["sqlite", "etcd"], default="sqlite", help="apiserver store (default %(default)s)")
-    up.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, metavar="PORT",
-                    help="loopback port of the kubeconfig's forwarder; 0 = any free port (default %(default)s, "
-                         "or a free one if taken)")
-    up.add_argument("--no-install", action="store_true", help="skip installing apt packages, the venv and dockerd")
-    up.add_argument("--no-agents", action="store_true", help="start no agent or proxy on the workers")
-    up.add_argument("--no-images", action="store_true", help="skip building the local images")
-    up.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                    help="how long to wait for the control plane (default %(default)s)")
+    add_up_args(up)
     up.set_defaults(lab_func=cmd_up)
+    from .demo import add_demo_args, cmd_demo
+    demo = sub.add_parser("demo", help="deploy a web app behind a ClusterIP and a NodePort, and curl it",
+                          description="Deploy `demo` (3 busybox httpd pods answering their name), a ClusterIP and "
+                                      "a NodePort Service; request the ClusterIP from every node and from a pod, "
+                                      "the NodePort on every node address; print who answered. Exit 1 if a "
+                                      "request failed. Brings the lab up first (with the `up` options) if needed.")
+    add_up_args(demo)
+    add_demo_args(demo)
+    demo.set_defaults(lab_func=cmd_demo)
     sub.add_parser("down", help="remove everything the lab made (safe to repeat)",
                    description="Stop every recorded process, remove the lab's containers, namespaces (with their "
                                "links), mounts and state directories. Logs stay.").set_defaults(lab_func=cmd_down)

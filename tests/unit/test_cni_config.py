@@ -120,3 +120,14 @@ def test_error_json() -> None:
     e = CNIError(E.TRY_AGAIN, "busy", "retry")
     assert e.to_dict("1.1.0") == {"cniVersion": "1.1.0", "code": 11, "msg": "busy", "details": "retry"}
     assert ipaddress.ip_address("10.0.0.1")  # keep ipaddress import honest
+
+
+def test_ipmasq_exclude_widens_what_is_not_masqueraded() -> None:
+    from cni.host import masq_rule
+
+    assert cfg.parse(base(ipMasq=True)).ip_masq_exclude == ""
+    assert masq_rule("net", "10.1.0.0/24")[:5] == ["-s", "10.1.0.0/24", "!", "-d", "10.1.0.0/24"]
+    c = cfg.parse(base(ipMasq=True, ipMasqExclude="10.0.0.0/8"))
+    assert c.ip_masq_exclude == "10.0.0.0/8"
+    assert masq_rule("net", "10.1.0.0/24", c.ip_masq_exclude)[:5] == ["-s", "10.1.0.0/24", "!", "-d", "10.0.0.0/8"]
+    assert code_of(base(ipMasqExclude="10.0.0.1/8")) == E.INVALID_CONFIG

@@ -176,7 +176,9 @@ def programs_for(topo: Topology, paths: Paths, api_port: int, store: str, agents
         kubeconfig = os.path.join(paths.node_dir(node.name), "kubeconfig")
         agent = [*nsenter(node.netns), *kl, "agent", "--node-name", node.name, "--kubeconfig", kubeconfig,
                  "--node-netns", node.netns]  # podCIDR: the agent takes the one node IPAM sets on its Node
-        optional = {"--node-ip": node.ip, "--data-dir": paths.node_dir(node.name),
+        # the agent's API on the node's underlay address: the apiserver (control namespace) proxies
+        # `kubectl logs` to it there; 127.0.0.1 would be the node namespace's own loopback
+        optional = {"--node-ip": node.ip, "--listen": f"{node.ip}:10250", "--data-dir": paths.node_dir(node.name),
                     "--root-dir": paths.node_dir(node.name), "--cluster-cidr": CLUSTER_CIDR}
         agent += [x for flag, value in optional.items() if flag in agent_flags for x in (flag, value)]
         add(f"agent-{node.name}", agent)

@@ -169,6 +169,13 @@ def test_kubectl_shows_two_ready_nodes(lab: Lab) -> None:
     assert sorted((r[0], r[1]) for r in rows) == [("node1", "Ready"), ("node2", "Ready")], rows
 
 
+def test_kubectl_logs_reaches_the_agents(lab: Lab) -> None:
+    """pods/log goes apiserver (control namespace) -> agent API on the node's underlay address."""
+    for pod in demo_pods(lab):
+        res = lab.kubectl("logs", pod["metadata"]["name"], check=False)
+        assert res.returncode == 0, res.stderr
+
+
 def test_cross_node_pod_ip_clusterip_and_source_address(lab: Lab) -> None:
     """A pod on node1 reaches a pod on node2 by pod IP, with its own source address (no masquerade),
     and through a ClusterIP whose only endpoint is on node2."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Coroutine
@@ -77,71 +78,50 @@ def cmd_apiserver(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_scheduler(kubeconfig: str, args: argparse.Namespace) -> Callable[[], None]:
-    """The scheduler inside `kubeling server`: a client of the apiserver like any other."""
+def companion(kubeconfig: str, make: Callable[[Any], Any]) -> Callable[[], None]:
+    """Start one in-process component of `kubeling server` (a client of the apiserver like any
+    other, over HTTP) and return its stop()."""
     from kube.client import Client
-    from scheduler.scheduler import Scheduler
 
     client = Client.from_kubeconfig(kubeconfig)
-    sched = Scheduler(client, leader_elect=args.leader_elect)
-    sched.start()
+    component = make(client)
+    component.start()
 
     def stop() -> None:
-        sched.stop()
+        component.stop()
         client.close()
 
     return stop
+
+
+def start_scheduler(kubeconfig: str, args: argparse.Namespace) -> Callable[[], None]:
+    from scheduler.scheduler import Scheduler
+
+    return companion(kubeconfig, lambda client: Scheduler(client, leader_elect=args.leader_elect))
 
 
 def start_controllers(kubeconfig: str, args: argparse.Namespace) -> Callable[[], None]:
     from controllers.manager import from_args
-    from kube.client import Client
 
-    client = Client.from_kubeconfig(kubeconfig)
-    cm = from_args(client, args, leader_elect=args.leader_elect)
-    cm.start()
-
-    def stop() -> None:
-        cm.stop()
-        client.close()
-
-    return stop
+    return companion(kubeconfig, lambda client: from_args(client, args, leader_elect=args.leader_elect))
 
 
-def cmd_scheduler(args: argparse.Namespace) -> int:
-    from scheduler.main import run
-
-    return run(args)
-
-
-def cmd_controller_manager(args: argparse.Namespace) -> int:
-    from controllers.manager import run
-
-    return run(args)
-
-
-def cmd_agent(args: argparse.Namespace) -> int:
-    from agent.main import run
-
-    return run(args)
-
-
-def cmd_proxy(args: argparse.Namespace) -> int:
-    from proxy.main import UsageError, run
-
-    try:
-        return run(args)
-    except UsageError as e:
-        print(f"kubeling {args.command}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-def cmd_lab(args: argparse.Namespace) -> int:
-    from .lab.lab import run
-
-    return run(args)
+DAEMONS = (
+    ("scheduler", "scheduler.main", "run the scheduler",
+     "Bind unscheduled pods to nodes: filter, score 0..100, bind."),
+    ("controller-manager", "controllers.manager", "run the controllers",
+     "ReplicaSet, Deployment, endpoints, EndpointSlice, node IPAM, node lifecycle, DaemonSet, garbage "
+     "collector, namespace, Job and TTL controllers."),
+    ("agent", "agent.main", "run the node agent (kubelet) for one node",
+     "Register the node, keep its Lease, and run the pods bound to it on the Docker engine in "
+     "network-namespace sandboxes wired by kubeling-cni."),
+    ("proxy", "proxy.main", "run the service proxy (kube-proxy, iptables mode) for one node",
+     "Program ClusterIP and NodePort Services of the apiserver into iptables on this node (or inside "
+     "--netns). Rules survive a stop or crash; --cleanup removes them."),
+    ("lab", "kubeling.lab.lab", "a multi-node lab of network namespaces on this machine (root)",
+     "Run a control plane and N workers in network namespaces on this machine, wired by an underlay "
+     "switch on 192.168.56.0/24 like the Vagrant VMs."),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,34 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scheduler and controllers act only while holding their Leases (for several servers "
                         "on one store; default off)")
     p.set_defaults(func=cmd_apiserver)
-    from scheduler.main import add_args as add_scheduler_args
-    p = sub.add_parser("scheduler", help="run the scheduler",
-                       description="Bind unscheduled pods to nodes: filter, score 0..100, bind.")
-    add_scheduler_args(p)
-    p.set_defaults(func=cmd_scheduler)
-    p = sub.add_parser("controller-manager", help="run the controllers",
-                       description="ReplicaSet, Deployment, endpoints, EndpointSlice, node IPAM, node lifecycle, "
-                                   "DaemonSet, garbage collector, namespace, Job and TTL controllers.")
-    add_cm_args(p)
-    p.set_defaults(func=cmd_controller_manager)
-    from agent.main import add_args as add_agent_args
-    p = sub.add_parser("agent", help="run the node agent (kubelet) for one node",
-                       description="Register the node, keep its Lease, and run the pods bound to it on the Docker "
-                                   "engine in network-namespace sandboxes wired by kubeling-cni.")
-    add_agent_args(p)
-    p.set_defaults(func=cmd_agent)
-    from proxy.main import add_args as add_proxy_args
-    p = sub.add_parser("proxy", help="run the service proxy (kube-proxy, iptables mode) for one node",
-                       description="Program ClusterIP and NodePort Services of the apiserver into iptables on this "
-                                   "node (or inside --netns). Rules survive a stop or crash; --cleanup removes them.")
-    add_proxy_args(p)
-    p.set_defaults(func=cmd_proxy)
-    from .lab.lab import add_args as add_lab_args
-    p = sub.add_parser("lab", help="a multi-node lab of network namespaces on this machine (root)",
-                       description="Run a control plane and N workers in network namespaces on this machine, "
-                                   "wired by an underlay switch on 192.168.56.0/24 like the Vagrant VMs.")
-    add_lab_args(p)
-    p.set_defaults(func=cmd_lab)
+    # The other daemons: each module offers add_args(parser) and run(args) -> exit code.
+    for name, module, help_, description in DAEMONS:
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_, description=description)
+        mod.add_args(p)
+        p.set_defaults(func=mod.run)
     return parser
 
 

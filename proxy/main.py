@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -101,7 +102,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The subcommand; raises UsageError for bad input (the CLI prints it on one line)."""
+    """The subcommand: bad input is one line on stderr and exit code 2."""
+    try:
+        return _run(args)
+    except UsageError as e:
+        print(f"kubeling proxy: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     from kube.client import Client, ConfigError
 
     from .conntrack import ExecConntrack

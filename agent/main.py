@@ -22,7 +22,9 @@ log = logging.getLogger("kubeling.agent.main")
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-name", required=True, help="this node's name (also labels its containers)")
-    p.add_argument("--kubeconfig", required=True, help="kubeconfig to reach the apiserver")
+    p.add_argument("--kubeconfig", required=True,
+                   help="kubeconfig to reach the apiserver (its cluster server may list several apiservers of "
+                        "one cluster, comma-separated: the agent fails over between them)")
     p.add_argument("--node-netns", default=None,
                    help="network namespace (name under /var/run/netns) that plays the node's network side")
     g = p.add_mutually_exclusive_group()

@@ -78,8 +78,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig to reach the apiserver (default: $KUBECONFIG "
                                                           "or ~/.kube/config)")
-    src.add_argument("--apiserver", metavar="URL", help="apiserver URL without credentials, e.g. "
-                                                        "http://127.0.0.1:6443")
+    src.add_argument("--apiserver", metavar="URL[,URL...]",
+                     help="apiserver URL without credentials, e.g. http://127.0.0.1:6443; several apiservers of one "
+                          "cluster, comma-separated, are used in turn when one fails (so may a kubeconfig's server)")
     p.add_argument("--netns", metavar="NAME", help="apply rules, routes and conntrack changes inside this network "
                                                    "namespace (a name under /var/run/netns, as `ip netns` makes); the daemon "
                                                    "itself stays in its own")

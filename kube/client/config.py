@@ -3,9 +3,14 @@
 `load_kubeconfig()` reads the file(s) kubectl would read (an explicit path,
 else every file in $KUBECONFIG merged in order, else ~/.kube/config), picks a
 context (the one named, else current-context) and returns a `ClientConfig`:
-the server URL, TLS material (as file paths or inline PEM data), a bearer
+the server URL(s), TLS material (as file paths or inline PEM data), a bearer
 token and the context's default namespace. Relative file paths in a
 kubeconfig are relative to the file that names them, as in kubectl.
+
+Several apiservers of one cluster (sharing one store) are named by a comma-separated
+list in the cluster's `server` field, e.g. `server: http://10.0.0.1:8080,http://10.0.0.2:8080`
+(kubeling's extension; kubectl itself wants one URL), or by `ClientConfig(servers=[...])`.
+The clients fail over between them (kube/client/rest.py).
 
 In-cluster configuration (service-account token + KUBERNETES_SERVICE_HOST)
 is not implemented yet.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import os
 import ssl
 import tempfile
@@ -31,9 +37,30 @@ class ConfigError(Exception):
     """The kubeconfig is missing, unreadable or does not say how to reach a server."""
 
 
+def split_servers(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Server URLs from "URL" or "URL1,URL2" (or a list of those): stripped, trailing '/' dropped,
+    duplicates removed, order kept."""
+    parts = [text] if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for part in parts:
+        for url in str(part).split(","):
+            url = url.strip().rstrip("/")
+            if url and url not in out:
+                out.append(url)
+    return tuple(out)
+
+
+def check_server_url(url: str, where: str) -> None:
+    if not url.lower().startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: server {url!r} must start with http:// or https://")
+
+
 @dataclass(frozen=True)
 class ClientConfig:
-    server: str  # "https://10.0.0.1:6443" or "http://127.0.0.1:8080"
+    """`server` is the first (preferred) apiserver, `servers` every one of them, in order of preference.
+    Give either: `server` may also be a comma-separated list; a non-empty `servers` wins over `server`."""
+
+    server: str = ""  # "https://10.0.0.1:6443" or "http://127.0.0.1:8080"
     namespace: str = "default"  # the context's namespace: used when a call names none
     ca_file: str | None = None
     ca_data: bytes | None = None  # PEM
@@ -46,10 +73,26 @@ class ClientConfig:
     insecure_skip_tls_verify: bool = False
     tls_server_name: str | None = None
     context: str = ""  # the context this came from, for messages
+    servers: tuple[str, ...] = ()  # every apiserver URL, servers[0] == server
 
     def __post_init__(self) -> None:
-        if not self.server:
+        servers = split_servers(self.servers) or split_servers(self.server)
+        if not servers:
             raise ConfigError("the client config has no server URL")
+        for url in servers:
+            check_server_url(url, "the client config")
+        schemes = {u.lower().split("://", 1)[0] for u in servers}
+        if len(schemes) > 1:
+            raise ConfigError(f"the servers {', '.join(servers)} mix http and https: use one scheme for all")
+        object.__setattr__(self, "servers", servers)
+        object.__setattr__(self, "server", servers[0])
+
+    def with_servers(self, servers: str | list[str] | tuple[str, ...]) -> ClientConfig:
+        """The same credentials for other apiserver URL(s) ("URL1,URL2" or a list): an explicit override."""
+        urls = split_servers(servers)
+        for url in urls:
+            check_server_url(url, "servers")
+        return dataclasses.replace(self, server="", servers=urls)
 
     @property
     def is_tls(self) -> bool:
@@ -240,14 +283,14 @@ def load_kubeconfig(path: str | None = None, context: str | None = None,
             raise ConfigError(f"kubeconfig {where}: context {ctx_name!r} names user {user_name!r}, which is not "
                               f"defined")
         user = merged.users[str(user_name)]
-    server = str(cluster.get("server") or "").rstrip("/")
-    if not server:
+    servers = split_servers(str(cluster.get("server") or ""))
+    if not servers:
         raise ConfigError(f"kubeconfig {where}: cluster {cluster_name!r} has no server URL")
-    if not server.lower().startswith(("http://", "https://")):
-        raise ConfigError(f"kubeconfig {where}: server {server!r} must start with http:// or https://")
+    for url in servers:
+        check_server_url(url, f"kubeconfig {where}")
     cdir, udir = cluster["_dir"], user.get("_dir", cluster["_dir"])
     return ClientConfig(
-        server=server,
+        servers=servers,
         namespace=str(ctx.get("namespace") or "default"),
         ca_file=_path(cluster.get("certificate-authority"), cdir),
         ca_data=_data(cluster.get("certificate-authority-data"), f"cluster {cluster_name!r} "

@@ -15,6 +15,16 @@ no answer at all becomes `TransportError`. Connection failures are retried
 with bounded, jittered backoff when that is safe: always if the request was
 never sent (connect failed), and for idempotent verbs (GET, PUT, DELETE)
 otherwise. A POST or PATCH whose fate is unknown is never repeated.
+
+Failover: a config may name several apiservers of one cluster (`Client(servers=[URL1, URL2])`,
+`Client("URL1,URL2")`, or a comma-separated kubeconfig `server`). The client uses one at a
+time and sticks to it while it works; a transport error (refused, reset, connect timeout, no
+answer) moves it to the next one. A retry that is safe by the rule above goes at once to the
+next server; only after every server has failed once more does the client back off, so
+`max_retries` counts rounds over all servers. A watch whose stream breaks raises
+TransportError as before and moves the client on, so the next watch (the informer's
+re-watch, or relist) goes to the next server; resourceVersions are valid on every apiserver
+of one store.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -359,17 +369,25 @@ def _event(ev: Obj) -> tuple[str, Obj]:
     return typ, obj
 
 
+Servers = str | Sequence[str]
+
+
 class _Common:
-    """Construction shared by both clients."""
+    """Construction and failover shared by both clients."""
 
     def __init__(self, config: ClientConfig | str | None, timeout: float, connect_timeout: float,
-                 max_retries: int, user_agent: str | None) -> None:
+                 max_retries: int, user_agent: str | None, servers: Servers | None = None) -> None:
+        override = None if servers is None else [servers] if isinstance(servers, str) else list(servers)
         if config is None:
-            config = load_kubeconfig()
+            config = ClientConfig(servers=tuple(override)) if override else load_kubeconfig()
         elif isinstance(config, str):
-            config = ClientConfig(server=config.rstrip("/"))
+            config = ClientConfig(server=config)
+        if override:
+            config = config.with_servers(override)
         self.config = config
-        self.server = config.server
+        self.servers: tuple[str, ...] = config.servers
+        self._index = 0  # the server in use: sticky until it fails
+        self._index_lock = threading.Lock()
         self.max_retries = max(0, max_retries)
         self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._connect_timeout = connect_timeout
@@ -390,21 +408,49 @@ class _Common:
         """The namespace used when a call on a namespaced resource names none."""
         return self._b.namespace
 
+    @property
+    def server(self) -> str:
+        """The apiserver in use now."""
+        return self.servers[self._index]
+
+    def _failed(self, server: str, exc: Exception) -> None:
+        """`server` did not answer: move on to the next one, unless another request already did (so that
+        concurrent failures do not skip past a server that works)."""
+        if len(self.servers) < 2 or isinstance(exc, httpx.PoolTimeout):
+            return  # a full local pool says nothing about the server
+        with self._index_lock:
+            if self.servers[self._index] != server:
+                return
+            self._index = (self._index + 1) % len(self.servers)
+            nxt = self.servers[self._index]
+        log.warning("apiserver %s failed (%s: %s); switching to %s", server, type(exc).__name__,
+                    exc or "no detail", nxt)
+
     def _backoff(self, attempt: int) -> float:
         return min(0.1 * (2 ** attempt), 2.0) * random.uniform(0.5, 1.0)
 
     def _should_retry(self, method: str, exc: httpx.TransportError, attempt: int) -> bool:
-        if attempt >= self.max_retries:
+        """attempt: failures so far in this request, before this one."""
+        if attempt + 1 >= (self.max_retries + 1) * len(self.servers):
             return False
         return isinstance(exc, NOT_SENT) or method in IDEMPOTENT
+
+    def _retry_delay(self, attempt: int) -> float:
+        """The pause before the next try after failure number attempt+1: none while servers of this round
+        are left to try, a backoff once every server has failed again."""
+        n = len(self.servers)
+        if (attempt + 1) % n:
+            return 0.0
+        return self._backoff((attempt + 1) // n - 1)
 
     def _watch_timeout(self, timeout_seconds: int | None) -> httpx.Timeout:
         # The server ends the stream at timeout_seconds; give it slack before calling the connection dead.
         read = float(timeout_seconds) + 30.0 if timeout_seconds else None
         return httpx.Timeout(self.timeout.write, connect=self._connect_timeout, read=read)
 
-    def _transport_error(self, req: _Request, exc: Exception) -> TransportError:
-        return TransportError(f"{req.method} {self.server}{req.path}: {type(exc).__name__}: {exc or 'no detail'} "
+    def _transport_error(self, req: _Request, exc: Exception, server: str) -> TransportError:
+        others = f" (servers: {', '.join(self.servers)})" if len(self.servers) > 1 else ""
+        return TransportError(f"{req.method} {server}{req.path}: {type(exc).__name__}: {exc or 'no detail'}{others} "
                               f"(is the apiserver running and the kubeconfig server right?)")
 
 
@@ -426,6 +472,7 @@ class Watch:
         self._gen = self._events()
         self._reader: int | None = None  # the thread iterating
         self.resource_version: str = req.params.get("resourceVersion", "")
+        self.server = ""  # the apiserver the stream came from, once open
 
     def __iter__(self) -> Watch:
         return self
@@ -467,14 +514,18 @@ class Watch:
         c, http, req = self._client._c, self._client._http, self._req
         attempt = 0
         while True:
+            server = c.server
             try:
-                http_req = http.build_request(req.method, req.path, params=req.params, headers=c._headers,
+                http_req = http.build_request(req.method, server + req.path, params=req.params, headers=c._headers,
                                               timeout=self._timeout, extensions=c._extensions)
-                return http.send(http_req, stream=True)
+                resp = http.send(http_req, stream=True)
+                self.server = server
+                return resp
             except httpx.TransportError as e:
+                c._failed(server, e)
                 if self._closed or not c._should_retry(req.method, e, attempt):
-                    raise c._transport_error(req, e) from e
-                time.sleep(c._backoff(attempt))
+                    raise c._transport_error(req, e, server) from e
+                time.sleep(c._retry_delay(attempt))
                 attempt += 1
 
     def _events(self) -> Generator[tuple[str, Obj], None, None]:
@@ -503,7 +554,8 @@ class Watch:
             except httpx.TransportError as e:
                 if self._closed:
                     return
-                raise self._client._c._transport_error(self._req, e) from e
+                self._client._c._failed(self.server, e)  # the stream broke: the next watch goes elsewhere
+                raise self._client._c._transport_error(self._req, e, self.server) from e
             if buf.strip() and not self._closed:
                 raise TransportError(f"the watch stream on {self._req.path} ended inside an event")
         finally:
@@ -515,8 +567,10 @@ class Client:
 
     def __init__(self, config: ClientConfig | str | None = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, max_retries: int = 3, user_agent: str | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self._c = _Common(config, timeout, connect_timeout, max_retries, user_agent)
+                 transport: httpx.BaseTransport | None = None, servers: Servers | None = None) -> None:
+        """config: a ClientConfig, a server URL ("URL1,URL2" for several) or None for the default
+        kubeconfig. servers: apiserver URL(s) that replace the config's, keeping its credentials."""
+        self._c = _Common(config, timeout, connect_timeout, max_retries, user_agent, servers)
         self.config = self._c.config
         self._b = self._c._b
         self._http = httpx.Client(base_url=self._c.server, verify=self._c._verify, timeout=self._c.timeout,
@@ -528,7 +582,12 @@ class Client:
 
     @property
     def server(self) -> str:
+        """The apiserver in use now (see `servers` for all of them)."""
         return self._c.server
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return self._c.servers
 
     @property
     def namespace(self) -> str:
@@ -549,22 +608,26 @@ class Client:
         headers = dict(c._headers)
         if req.content_type:
             headers["Content-Type"] = req.content_type
+        waited = 0
         while True:
+            server = c.server
             try:
-                resp = self._http.request(req.method, req.path, params=req.params, content=req.body,
+                resp = self._http.request(req.method, server + req.path, params=req.params, content=req.body,
                                           headers=headers, extensions=c._extensions)
             except httpx.TransportError as e:
+                c._failed(server, e)
                 if not c._should_retry(req.method, e, attempt):
-                    raise c._transport_error(req, e) from e
-                delay = c._backoff(attempt)
+                    raise c._transport_error(req, e, server) from e
+                delay = c._retry_delay(attempt)
                 log.debug("retrying method=%s path=%s in=%.2fs error=%r", req.method, req.path, delay, e)
-                time.sleep(delay)
+                if delay:
+                    time.sleep(delay)
                 attempt += 1
                 continue
             wait = _retry_after(resp)
-            if wait is not None and attempt < c.max_retries:
+            if wait is not None and waited < c.max_retries:
                 time.sleep(wait)
-                attempt += 1
+                waited += 1
                 continue
             return _decode(resp)
 
@@ -678,8 +741,8 @@ class AsyncClient:
 
     def __init__(self, config: ClientConfig | str | None = None, *, timeout: float = 30.0,
                  connect_timeout: float = 5.0, max_retries: int = 3, user_agent: str | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._c = _Common(config, timeout, connect_timeout, max_retries, user_agent)
+                 transport: httpx.AsyncBaseTransport | None = None, servers: Servers | None = None) -> None:
+        self._c = _Common(config, timeout, connect_timeout, max_retries, user_agent, servers)
         self.config = self._c.config
         self._b = self._c._b
         self._http = httpx.AsyncClient(base_url=self._c.server, verify=self._c._verify, timeout=self._c.timeout,
@@ -691,7 +754,12 @@ class AsyncClient:
 
     @property
     def server(self) -> str:
+        """The apiserver in use now (see `servers` for all of them)."""
         return self._c.server
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return self._c.servers
 
     @property
     def namespace(self) -> str:
@@ -712,20 +780,25 @@ class AsyncClient:
         headers = dict(c._headers)
         if req.content_type:
             headers["Content-Type"] = req.content_type
+        waited = 0
         while True:
+            server = c.server
             try:
-                resp = await self._http.request(req.method, req.path, params=req.params, content=req.body,
+                resp = await self._http.request(req.method, server + req.path, params=req.params, content=req.body,
                                                 headers=headers, extensions=c._extensions)
             except httpx.TransportError as e:
+                c._failed(server, e)
                 if not c._should_retry(req.method, e, attempt):
-                    raise c._transport_error(req, e) from e
-                await asyncio.sleep(c._backoff(attempt))
+                    raise c._transport_error(req, e, server) from e
+                delay = c._retry_delay(attempt)
+                if delay:
+                    await asyncio.sleep(delay)
                 attempt += 1
                 continue
             wait = _retry_after(resp)
-            if wait is not None and attempt < c.max_retries:
+            if wait is not None and waited < c.max_retries:
                 await asyncio.sleep(wait)
-                attempt += 1
+                waited += 1
                 continue
             return _decode(resp)
 
@@ -810,16 +883,20 @@ class AsyncClient:
                             timeout_seconds, allow_bookmarks, send_initial_events)
         attempt = 0
         while True:
+            server = c.server
             try:
-                http_req = self._http.build_request(req.method, req.path, params=req.params, headers=c._headers,
-                                                    timeout=c._watch_timeout(timeout_seconds),
+                http_req = self._http.build_request(req.method, server + req.path, params=req.params,
+                                                    headers=c._headers, timeout=c._watch_timeout(timeout_seconds),
                                                     extensions=c._extensions)
                 resp = await self._http.send(http_req, stream=True)
                 break
             except httpx.TransportError as e:
+                c._failed(server, e)
                 if not c._should_retry(req.method, e, attempt):
-                    raise c._transport_error(req, e) from e
-                await asyncio.sleep(c._backoff(attempt))
+                    raise c._transport_error(req, e, server) from e
+                delay = c._retry_delay(attempt)
+                if delay:
+                    await asyncio.sleep(delay)
                 attempt += 1
         try:
             if resp.status_code != 200:
@@ -831,7 +908,8 @@ class AsyncClient:
                     for ev in _parse_events(buf, chunk):
                         yield _event(ev)
             except httpx.TransportError as e:
-                raise c._transport_error(req, e) from e
+                c._failed(server, e)
+                raise c._transport_error(req, e, server) from e
             if buf.strip():
                 raise TransportError(f"the watch stream on {req.path} ended inside an event")
         finally:

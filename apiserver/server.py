@@ -18,6 +18,7 @@ import uvicorn
 from .app import create_app
 from .registry import Registry
 from .store.base import StoreError
+from .store.etcd import EtcdStore
 from .store.sqlite import open_store
 
 log = logging.getLogger("kubeling.apiserver")
@@ -158,6 +159,8 @@ async def serve(cfg: ServerConfig, companions: list[Companion] | None = None) ->
     sock = bind_socket(host, port)
     try:
         store = open_store(cfg.store, data_dir)
+        if isinstance(store, EtcdStore):
+            await store.connect()  # fail now, in one line, when etcd is unreachable
     except StoreError as e:
         sock.close()
         raise StartupError(str(e)) from None

@@ -124,8 +124,9 @@ def default_server_cmd() -> list[str]:
 
 
 class Server:
-    def __init__(self, cmd: list[str], data_dir: str, log_path: str) -> None:
+    def __init__(self, cmd: list[str], data_dir: str, log_path: str, store: str = "") -> None:
         self.cmd, self.data_dir, self.log_path = cmd, data_dir, log_path
+        self.store = store  # --store URL for the apiserver ("" = its default SQLite)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._log: Any = None
@@ -139,6 +140,8 @@ class Server:
             self.port = free_port()
             self._log = open(self.log_path, "ab")  # closed in stop()
             argv = [*self.cmd, "apiserver", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir]
+            if self.store:
+                argv += ["--store", self.store]
             progress(f"starting {' '.join(shlex.quote(a) for a in argv)}")
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
                                          cwd=REPO)
@@ -844,6 +847,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the kubeling next to this python)")
     p.add_argument("--no-floor", action="store_true", help="skip the HTTP floor (a no-op ASGI server, 1 client)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data dir, baseline db, server log)")
+    p.add_argument("--store", default="", metavar="URL|etcd",
+                   help="the apiserver's --store URL (default: SQLite in the data dir); 'etcd' starts a "
+                        "throwaway etcd on free 127.0.0.1 ports for the run")
     args = p.parse_args(argv)
     if args.clients < 1:
         p.error("--clients must be at least 1")
@@ -862,8 +868,22 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)  # clean up (server, temp dir) on SIGTERM as on Ctrl-C
+    etcd: Any = None
+    store_url = args.store
+    if args.store == "etcd":
+        sys.path.insert(0, os.path.join(REPO, "tests"))
+        from etcd_proc import EtcdServer  # the tests' throwaway etcd (killed by PID, data dir removed)
+
+        etcd = EtcdServer()
+        try:
+            etcd.start()
+        except RuntimeError as e:
+            etcd.cleanup()
+            print(f"bench/apiserver.py: {e}", file=sys.stderr)
+            return 2
+        store_url = etcd.store_url
     tmp = tempfile.mkdtemp(prefix="kubeling-bench-", dir=args.tmpdir)
-    server = Server(cmd, os.path.join(tmp, "data"), os.path.join(tmp, "apiserver.log"))
+    server = Server(cmd, os.path.join(tmp, "data"), os.path.join(tmp, "apiserver.log"), store_url)
     bench = Bench(server, sizes, args.clients, tmp, floor=not args.no_floor)
     t_start = time.monotonic()
     load_before = loadavg()
@@ -878,17 +898,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with contextlib.suppress(Exception):
             server.stop()
+        if etcd is not None:
+            etcd.cleanup()
         if args.keep:
             progress(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.monotonic() - t_start
 
-    meta = {"mode": "quick" if args.quick else "full", "git": git_describe(), "python": platform.python_version(),
+    meta = {"mode": "quick" if args.quick else "full", "store": "etcd" if etcd is not None else (args.store or "sqlite"),
+            "git": git_describe(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "tmpdir": os.path.dirname(tmp), "clients": args.clients,
             "list_pods": sizes.list_pods, "seconds": round(elapsed, 1), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "loadavg_before": load_before, "loadavg_after": loadavg()}
-    print(f"kubeling apiserver benchmark ({meta['mode']}, git {meta['git'] or '?'}, python {meta['python']}, "
+    print(f"kubeling apiserver benchmark ({meta['mode']}, store {meta['store']}, git {meta['git'] or '?'}, python {meta['python']}, "
           f"{meta['cpus']} cpus, temp dir in {meta['tmpdir']}, {elapsed:.0f}s, load {meta['loadavg_before']} -> "
           f"{meta['loadavg_after']})")
     print(format_table(bench.figures))

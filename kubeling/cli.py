@@ -47,7 +47,8 @@ def add_apiserver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="/var/lib/kubeling", metavar="DIR",
                    help="state directory: the store and admin.kubeconfig live here (default %(default)s)")
     p.add_argument("--store", default="", metavar="URL",
-                   help="store URL, e.g. sqlite:///DIR/state.db (default: sqlite in the data dir)")
+                   help="store URL: sqlite:///DIR/state.db or etcd://HOST:PORT[,HOST:PORT][?prefix=/P&cacert=F&cert=F&key=F] "
+                        "(default: sqlite in the data dir)")
     p.add_argument("--service-cidr", default="10.96.0.0/12", help="ClusterIP range (default %(default)s)")
     p.add_argument("--service-node-port-range", default="30000-32767", help="NodePort range (default %(default)s)")
     p.add_argument("--compact-interval", type=float, default=300.0, metavar="SECONDS",
@@ -147,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scheduler and controllers act only while holding their Leases (for several servers "
                         "on one store; default off)")
     p.set_defaults(func=cmd_apiserver)
+    p = sub.add_parser("store", help="store maintenance: migrate a cluster's state between backends",
+                       description="Store maintenance.")
+    store_sub = p.add_subparsers(dest="store_command", metavar="STORE_COMMAND", required=True)
+    from apiserver.store import migrate
+    sp = store_sub.add_parser("migrate", help="copy every object from one store to another",
+                              description="Copy a cluster's state, e.g. --from sqlite:///var/lib/kubeling/state.db "
+                                          "--to etcd://127.0.0.1:2379. Stop the apiserver first.")
+    migrate.add_args(sp)
+    sp.set_defaults(func=migrate.run)
     # The other daemons: each module offers add_args(parser) and run(args) -> exit code.
     for name, module, help_, description in DAEMONS:
         mod = importlib.import_module(module)

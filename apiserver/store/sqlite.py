@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     KV,
@@ -36,6 +36,9 @@ from .base import (
     StoreError,
     StoreUnavailable,
 )
+
+if TYPE_CHECKING:
+    from .etcd import EtcdStore
 
 log = logging.getLogger("kubeling.store")
 
@@ -415,8 +418,10 @@ class SQLiteStore:
                 pass
 
 
-def open_store(url: str, data_dir: str) -> SQLiteStore:
-    """``sqlite:///abs/path.db`` (or a bare path); default DIR/state.db."""
+def open_store(url: str, data_dir: str) -> SQLiteStore | EtcdStore:
+    """``sqlite:///abs/path.db`` (default DIR/state.db) or ``etcd://HOST:PORT[,HOST:PORT]``
+    (see apiserver.store.etcd.parse_etcd_url); an etcd store connects on
+    ``await store.connect()`` or its first request."""
     if not url:
         return SQLiteStore(os.path.join(data_dir, "state.db"))
     if url.startswith("sqlite://"):
@@ -424,5 +429,8 @@ def open_store(url: str, data_dir: str) -> SQLiteStore:
         if not path.startswith("/"):
             raise StoreError(f"store URL {url!r}: use sqlite:///absolute/path.db")
         return SQLiteStore(path)
-    raise StoreError(f"unsupported store URL {url!r}: supported: sqlite:///PATH")
+    if url.startswith(("etcd://", "etcds://")):
+        from .etcd import open_etcd
 
+        return open_etcd(url)
+    raise StoreError(f"unsupported store URL {url!r}: supported: sqlite:///PATH, etcd://HOST:PORT[,HOST:PORT]")

@@ -145,6 +145,8 @@ def test_bad_store_url(tmp_path: Path) -> None:
     from apiserver.store.base import StoreError
 
     with pytest.raises(StoreError):
-        open_store("etcd://nowhere", str(tmp_path))
+        open_store("etcd://", str(tmp_path))  # no endpoint
+    with pytest.raises(StoreError):
+        open_store("redis://nowhere", str(tmp_path))
     with pytest.raises(StoreError):
         open_store("sqlite://relative.db", str(tmp_path))

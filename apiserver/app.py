@@ -25,6 +25,7 @@ from kube.api.resources import RESOURCES, ResourceType, group_versions, lookup
 from . import errors, nodeproxy, openapi, printers, protobuf
 from .errors import APIError
 from .registry import Registry, Result, list_options
+from .store.base import StoreUnavailable
 
 log = logging.getLogger("kubeling.apiserver")
 
@@ -208,6 +209,11 @@ def create_app(registry: Registry) -> FastAPI:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
         return status_response(exc)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(_: Request, exc: StoreUnavailable) -> Response:
+        # a Status 503 the client can act on, not a 500 and a dropped connection
+        return status_response(errors.unavailable(f"the store is unavailable: {exc}"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

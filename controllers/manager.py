@@ -88,6 +88,7 @@ class ControllerManager:
         self.running: list[Controller] = []
         self._lock = threading.Lock()
         self.elector: LeaderElector | None = None
+        self._stopper: threading.Thread | None = None
         if leader_elect:
             self.elector = LeaderElector(client, "kube-system", "kube-controller-manager", identity or default_identity(),
                                          lease_duration=lease_duration, renew_deadline=renew_deadline,
@@ -103,13 +104,17 @@ class ControllerManager:
     def stop(self) -> None:
         if self.elector is not None:
             self.elector.stop()
+        stopper = self._stopper
+        if stopper is not None:  # losing the lease started a stop: wait for it, or stop() returns early
+            stopper.join(30)
         self._stop_all()
 
     def _lead(self) -> None:
         threading.Thread(target=self._start_all, name="controllers-start", daemon=True).start()
 
     def _unlead(self) -> None:
-        threading.Thread(target=self._stop_all, name="controllers-stop", daemon=True).start()
+        self._stopper = threading.Thread(target=self._stop_all, name="controllers-stop", daemon=True)
+        self._stopper.start()
 
     def _start_all(self) -> None:
         """Fresh controller objects each time: a stopped one is not restartable."""

@@ -137,8 +137,10 @@ def test_node_failure_moves_pods_to_the_other_nodes(tmp_path: Path) -> None:
                                           if c["type"] == "Ready" and c["status"] == "Unknown"), None),
                             timeout=15, what="the node to become Unknown")
             assert node["reason"] == "NodeStatusUnknown"
-            taints = {t["key"] for t in client.get("nodes", victim)["spec"].get("taints") or []}
-            assert "node.kubernetes.io/unreachable" in taints
+            # the taint is a separate write after the condition: wait for it too
+            wait_for(lambda: "node.kubernetes.io/unreachable" in {
+                t["key"] for t in client.get("nodes", victim)["spec"].get("taints") or []}, timeout=10,
+                what="the unreachable taint")
             wait_for(lambda: sum(running_on().values()) == 4 and victim not in running_on(), timeout=30,
                      what="replacements on the other nodes")
     finally:

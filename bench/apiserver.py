@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import math
 import os
 import platform
 import shlex
@@ -46,9 +47,9 @@ import httpx
 import orjson
 
 try:
-    from bench._util import Figure, format_table, percentile, progress
+    from bench._util import Figure, fmt_number, format_table, percentile, progress
 except ImportError:  # run as a script: bench/ itself is on sys.path
-    from _util import Figure, format_table, percentile, progress  # type: ignore[no-redef]
+    from _util import Figure, fmt_number, format_table, percentile, progress  # type: ignore[no-redef]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JSON_CT = {"Content-Type": "application/json"}
@@ -633,12 +634,80 @@ def raw_sqlite_inserts(path: str, blob: bytes, n: int, max_s: float, like_store:
         conn.close()
 
 
+def etcd_put_rates(url: str, blob: bytes, n: int, max_s: float, inflight: int) -> dict[str, tuple[int, float]]:
+    """Durable creates on the etcd at `url`, from this process, `inflight` at a time:
+    "raw": a bare Put per key through aetcd's generated stubs on one grpc.aio channel (the
+    etcdctl-style put loop from the same client library); "store": EtcdStore.create (a txn:
+    create_revision == 0 -> put). Each under its own key prefix. {what: (count, seconds)}."""
+    import asyncio
+
+    import grpc
+    from aetcd import rpc
+
+    sys.path.insert(0, REPO)
+    from apiserver.store.etcd import EtcdStore, parse_etcd_url
+
+    opts = parse_etcd_url(url)
+    if opts.tls or opts.extra.get("tls"):
+        raise BenchError("the etcd baseline speaks plain gRPC only; the store URL asks for TLS")
+    host, port = opts.endpoints[0]
+    run_id = f"{os.getpid()}-{int(time.time())}"
+
+    async def loop(put: Any) -> tuple[int, float]:
+        counter = itertools.count()
+        t0 = time.perf_counter()
+        deadline = t0 + max_s
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            while (i := next(counter)) < n and time.perf_counter() < deadline:
+                await put(i)
+                done += 1
+
+        for i in range(20):  # warm-up: the connection and the code paths, off the clock
+            await put(-1 - i)
+        t0 = time.perf_counter()
+        deadline = t0 + max_s
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+        return done, time.perf_counter() - t0
+
+    async def main() -> dict[str, tuple[int, float]]:
+        out: dict[str, tuple[int, float]] = {}
+        channel = grpc.aio.insecure_channel(f"{host}:{port}")
+        try:
+            kv = rpc.KVStub(channel)
+            raw_prefix = f"/kubeling-bench-raw/{run_id}/"
+
+            async def raw_put(i: int) -> None:
+                await kv.Put(rpc.PutRequest(key=f"{raw_prefix}{i}".encode(), value=blob), timeout=10)
+
+            out["raw"] = await loop(raw_put)
+        finally:
+            await channel.close()
+        store = EtcdStore(parse_etcd_url(f"etcd://{host}:{port}?prefix=/kubeling-bench-store/{run_id}"))
+        try:
+            await store.connect()
+
+            async def store_put(i: int) -> None:
+                await store.create(f"/registry/pods/default/raw-{i}", blob)
+
+            out["store"] = await loop(store_put)
+        finally:
+            await store.close()
+        return out
+
+    return asyncio.run(main())
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
 class Bench:
-    def __init__(self, server: Server, sizes: Sizes, clients: int, tmp: str, floor: bool = True) -> None:
+    def __init__(self, server: Server, sizes: Sizes, clients: int, tmp: str, floor: bool = True,
+                 etcd_url: str = "") -> None:
         self.server, self.sizes, self.clients, self.tmp, self.floor = server, sizes, clients, tmp, floor
+        self.etcd_url = etcd_url  # the store is this etcd: measure the etcd baseline on it too
         self.figures: list[Figure] = []
         self.notes: list[str] = []
 
@@ -690,6 +759,16 @@ class Bench:
         like_n, like_t = raw_sqlite_inserts(os.path.join(self.tmp, "baseline-like-store.db"), blob, s.baseline,
                                             s.baseline_s, like_store=True)
         like_rate = like_n / like_t
+        etcd_rates: dict[int, dict[str, tuple[int, float]]] = {}
+        if self.etcd_url:
+            for inflight in (1, self.clients):
+                progress(f"baseline: etcd puts of the same bytes, {inflight} in flight: raw aetcd stubs, then "
+                         f"EtcdStore.create (up to {s.baseline} each)")
+                try:
+                    etcd_rates[inflight] = etcd_put_rates(self.etcd_url, blob, s.baseline, s.baseline_s, inflight)
+                except Exception as e:  # reported, the rest of the run goes on
+                    self.notes.append(f"etcd baseline: {type(e).__name__}: {e}")
+                    break
 
         # 1. creates
         progress(f"creates, 1 client: up to {s.single} pods or {s.single_s:.0f}s")
@@ -722,7 +801,21 @@ class Bench:
                  note="select + insert kv + insert event + update meta, 1 txn each")
         self.fig(sec, "ratio 1-client creates / raw", single.rate / raw_rate, "",
                  note="one request in flight: bounded by the HTTP round trip (see the floor)")
-        self.fig(sec, f"ratio {self.clients}-client creates / raw", conc.rate / raw_rate, "", ">=", RATIO_MIN)
+        # the target is against the store's own backend: raw sqlite for SQLite, the raw put loop for etcd
+        self.fig(sec, f"ratio {self.clients}-client creates / raw", conc.rate / raw_rate, "",
+                 "" if self.etcd_url else ">=", None if self.etcd_url else RATIO_MIN)
+        for inflight, rates in etcd_rates.items():
+            (raw_en, raw_et), (st_n, st_t) = rates["raw"], rates["store"]
+            raw_e, store_e = raw_en / raw_et, st_n / st_t
+            apiserver = single if inflight == 1 else conc
+            self.fig(sec, f"raw etcd puts/s, {inflight} in flight", raw_e, "/s",
+                     note=f"{raw_en} x {len(blob)} B, aetcd's KVStub.Put, this process")
+            self.fig(sec, f"EtcdStore creates/s, {inflight} in flight", store_e, "/s",
+                     note="txn create_revision==0 -> put, same channel kind, this process")
+            self.fig(sec, f"ratio EtcdStore / raw etcd, {inflight} in flight", store_e / raw_e, "",
+                     note="our store's overhead over a bare put loop")
+            self.fig(sec, f"ratio {inflight}-client creates / raw etcd", apiserver.rate / raw_e, "",
+                     ">=" if inflight > 1 else "", RATIO_MIN if inflight > 1 else None, note="the whole apiserver over HTTP vs the bare put loop")
         if floor is not None:
             self.fig(sec, "HTTP floor, 1 client req/s", floor.rate, "/s",
                      note="no-op ASGI app on uvicorn+httptools, same httpx client")
@@ -850,6 +943,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default="", metavar="URL|etcd",
                    help="the apiserver's --store URL (default: SQLite in the data dir); 'etcd' starts a "
                         "throwaway etcd on free 127.0.0.1 ports for the run")
+    p.add_argument("--stores", metavar="LIST", help="run the whole benchmark once per store, one after the "
+                   "other, and print the second / the first for every figure, e.g. sqlite,etcd "
+                   "(each 'sqlite', 'etcd' or a URL; overrides --store)")
     args = p.parse_args(argv)
     if args.clients < 1:
         p.error("--clients must be at least 1")
@@ -868,27 +964,70 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)  # clean up (server, temp dir) on SIGTERM as on Ctrl-C
-    etcd: Any = None
-    store_url = args.store
-    if args.store == "etcd":
-        sys.path.insert(0, os.path.join(REPO, "tests"))
-        from etcd_proc import EtcdServer  # the tests' throwaway etcd (killed by PID, data dir removed)
+    stores = [x.strip() for x in args.stores.split(",") if x.strip()] if args.stores else [args.store]
+    runs: list[tuple[str, Bench]] = []
+    docs: list[dict[str, Any]] = []
+    failed_any = False
+    for store in stores:
+        label, bench, meta, failed = run_one(args, cmd, sizes, store)
+        runs.append((label, bench))
+        failed_any = failed_any or bool(failed)
+        print(f"kubeling apiserver benchmark ({meta['mode']}, store {label}, git {meta['git'] or '?'}, "
+              f"python {meta['python']}, {meta['cpus']} cpus, temp dir in {meta['tmpdir']}, {meta['seconds']:.0f}s, "
+              f"load {meta['loadavg_before']} -> {meta['loadavg_after']})")
+        print(format_table(bench.figures))
+        for note in bench.notes:
+            print(f"note: {note}")
+        misses = [f"{f.section}: {f.name}" for f in bench.figures if f.status == "MISS"]
+        print(f"targets: {sum(f.status == 'OK' for f in bench.figures)} OK, {len(misses)} MISS"
+              + (f" ({'; '.join(misses)})" if misses else ""))
+        print(flush=True)
+        if failed:
+            print(f"bench/apiserver.py: store {label}: stopped early: {failed}", file=sys.stderr)
+        docs.append({"meta": meta, "figures": [f.as_dict() for f in bench.figures], "notes": bench.notes,
+                     "error": failed or None})
+        if failed == "interrupted":
+            break
+    comparison: list[dict[str, Any]] = []
+    if len(runs) >= 2:
+        (base_label, base), (other_label, other) = runs[0], runs[1]
+        comparison = compare(base.figures, other.figures)
+        print(f"{other_label} / {base_label}, figure by figure (creates/s: above 1 is faster; latency, CPU: "
+              f"above 1 is slower)")
+        print(format_comparison(comparison, base_label, other_label))
+    if args.json:
+        doc: dict[str, Any] = docs[0] if len(docs) == 1 else {"runs": docs, "comparison": comparison}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+    return 1 if failed_any else 0
 
-        etcd = EtcdServer()
-        try:
-            etcd.start()
-        except RuntimeError as e:
-            etcd.cleanup()
-            print(f"bench/apiserver.py: {e}", file=sys.stderr)
-            return 2
-        store_url = etcd.store_url
+
+def run_one(args: argparse.Namespace, cmd: list[str], sizes: Sizes,
+            store: str) -> tuple[str, Bench, dict[str, Any], str]:
+    """One full benchmark on one store ("", "sqlite", "etcd" or a URL): (label, bench, meta, error)."""
+    etcd: Any = None
+    store_url = "" if store in ("", "sqlite") else store
+    label = "sqlite" if not store_url else "etcd" if store_url == "etcd" else store_url
     tmp = tempfile.mkdtemp(prefix="kubeling-bench-", dir=args.tmpdir)
-    server = Server(cmd, os.path.join(tmp, "data"), os.path.join(tmp, "apiserver.log"), store_url)
+    server = Server(cmd, os.path.join(tmp, "data"), os.path.join(tmp, "apiserver.log"), "")
     bench = Bench(server, sizes, args.clients, tmp, floor=not args.no_floor)
     t_start = time.monotonic()
     load_before = loadavg()
     failed = ""
     try:
+        if store_url == "etcd":
+            sys.path.insert(0, os.path.join(REPO, "tests"))
+            from etcd_proc import EtcdServer  # the tests' throwaway etcd (killed by PID, data dir removed)
+
+            etcd = EtcdServer()
+            try:
+                etcd.start()
+            except RuntimeError as e:
+                raise BenchError(str(e)) from None
+            store_url = etcd.store_url
+        server.store = store_url
+        bench.etcd_url = store_url if store_url.startswith("etcd") else ""
         server.start()
         bench.run()
     except BenchError as e:
@@ -905,31 +1044,41 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.monotonic() - t_start
+    meta = {"mode": "quick" if args.quick else "full", "store": label, "git": git_describe(),
+            "python": platform.python_version(), "cpus": os.cpu_count(), "tmpdir": os.path.dirname(tmp),
+            "clients": args.clients, "list_pods": sizes.list_pods, "seconds": round(elapsed, 1),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_before": load_before, "loadavg_after": loadavg()}
+    return label, bench, meta, failed
 
-    meta = {"mode": "quick" if args.quick else "full", "store": "etcd" if etcd is not None else (args.store or "sqlite"),
-            "git": git_describe(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "tmpdir": os.path.dirname(tmp), "clients": args.clients,
-            "list_pods": sizes.list_pods, "seconds": round(elapsed, 1), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "loadavg_before": load_before, "loadavg_after": loadavg()}
-    print(f"kubeling apiserver benchmark ({meta['mode']}, store {meta['store']}, git {meta['git'] or '?'}, python {meta['python']}, "
-          f"{meta['cpus']} cpus, temp dir in {meta['tmpdir']}, {elapsed:.0f}s, load {meta['loadavg_before']} -> "
-          f"{meta['loadavg_after']})")
-    print(format_table(bench.figures))
-    for note in bench.notes:
-        print(f"note: {note}")
-    misses = [f"{f.section}: {f.name}" for f in bench.figures if f.status == "MISS"]
-    print(f"targets: {sum(f.status == 'OK' for f in bench.figures)} OK, {len(misses)} MISS"
-          + (f" ({'; '.join(misses)})" if misses else ""))
-    if failed:
-        print(f"bench/apiserver.py: stopped early: {failed}", file=sys.stderr)
-    if args.json:
-        doc = {"meta": meta, "figures": [f.as_dict() for f in bench.figures], "notes": bench.notes,
-               "error": failed or None}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-    return 1 if failed else 0
 
+def compare(base: list[Figure], other: list[Figure]) -> list[dict[str, Any]]:
+    """The figures both runs have, in the first run's order, with other/base."""
+    theirs = {(f.section, f.name): f for f in other}
+    rows = []
+    for f in base:
+        g = theirs.get((f.section, f.name))
+        if g is None:
+            continue
+        ratio = g.value / f.value if f.value and not math.isnan(f.value) and not math.isnan(g.value) else math.nan
+        rows.append({"section": f.section, "name": f.name, "unit": f.unit, "base": f.value, "other": g.value,
+                     "ratio": None if math.isnan(ratio) else ratio})
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]], base_label: str, other_label: str) -> str:
+    table = [("section", "figure", base_label, other_label, f"{other_label}/{base_label}")]
+    for r in rows:
+        unit = f" {r['unit']}" if r["unit"] else ""
+        table.append((r["section"], r["name"], fmt_number(r["base"]) + unit, fmt_number(r["other"]) + unit,
+                      fmt_number(r["ratio"] if r["ratio"] is not None else math.nan)))
+    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
+    out = []
+    for i, t in enumerate(table):
+        out.append("  ".join([t[0].ljust(widths[0]), t[1].ljust(widths[1]),
+                              *(c.rjust(w) for c, w in zip(t[2:], widths[2:], strict=True))]).rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -161,10 +161,15 @@ def programs_for(topo: Topology, paths: Paths, api_port: int, store: str, agents
     server = [*nsenter(topo.control.netns), *kl, "server", "--listen", f"{topo.control.ip}:{API_PORT}",
               "--data-dir", control, "--cluster-cidr", CLUSTER_CIDR, *(server_args or [])]
     if store == "etcd":
-        etcd_dir = os.path.join(paths.state, "etcd")
-        add("etcd", [*nsenter(topo.control.netns), "etcd", "--data-dir", etcd_dir, "--name", "control",
-                     "--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
-                     "--listen-peer-urls", "http://127.0.0.1:2380"])
+        # Debian's etcd, alone on the control namespace's loopback (no other namespace sees 127.0.0.1
+        # there); its data in the lab's state dir, removed by `down` with the rest of state/
+        client, peer = "http://127.0.0.1:2379", "http://127.0.0.1:2380"
+        add("etcd", [*nsenter(topo.control.netns), shutil.which("etcd") or "/usr/bin/etcd",
+                     "--name", "control", "--data-dir", os.path.join(paths.state, "etcd"),
+                     "--listen-client-urls", client, "--advertise-client-urls", client,
+                     "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                     "--initial-cluster", f"control={peer}", "--listen-metrics-urls", "",
+                     "--logger", "zap", "--log-level", "warn"])
         server += ["--store", "etcd://127.0.0.1:2379"]
     add("server", server)
     add("forward", [py, "-m", "kubeling.lab.forward", "--listen", f"127.0.0.1:{api_port}",

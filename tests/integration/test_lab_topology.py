@@ -6,6 +6,7 @@ Traffic goes only between the lab's namespaces (from inside them) or to 127.0.0.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -206,3 +207,45 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     res = subprocess.run(["systemd-analyze", "verify", *map(str, sorted(tmp_path.glob("*.service")))],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@needs_root
+@pytest.mark.kubectl
+def test_up_with_etcd_store_serves_kubectl_and_down_removes_it(tmp_path: Path) -> None:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed")
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd not installed (apt-get install etcd-server)")
+    the_lab = make_lab(tmp_path, "e")
+    before = snapshot()
+    try:
+        the_lab.up("--nodes", "1", "--no-agents", "--store", "etcd")
+        status = json.loads((the_lab.dir / "supervisor.json").read_text())["programs"]
+        assert status["etcd"]["state"] == "running", status
+        etcd_pid = int(status["etcd"]["pid"])
+        # etcd runs in the control namespace, not the machine's own one
+        ctl_ino = os.stat(f"/var/run/netns/{the_lab.ns('control')}").st_ino
+        assert os.stat(f"/proc/{etcd_pid}/ns/net").st_ino == ctl_ino
+        assert (the_lab.dir / "state" / "etcd" / "member").is_dir()
+        server_argv = json.loads((the_lab.dir / "programs.json").read_text())["programs"]
+        assert any("etcd://127.0.0.1:2379" in p["argv"] for p in server_argv if p["name"] == "server")
+        kubectl = ["kubectl", "--kubeconfig", str(the_lab.dir / "kubeconfig")]
+        sh(*kubectl, "create", "configmap", "etcd-cm", "--from-literal=k=from-etcd", timeout=30)
+        got = json.loads(sh(*kubectl, "get", "configmap", "etcd-cm", "-o", "json", timeout=30).stdout)
+        assert got["data"] == {"k": "from-etcd"}
+        # the object is in etcd (read inside the control namespace, with etcd's own v3 API)
+        keys = the_lab.in_ns("control", "curl", "-s", "-X", "POST", "http://127.0.0.1:2379/v3/kv/range",
+                             "-d", '{"key": "L3JlZ2lzdHJ5Lw==", "range_end": "L3JlZ2lzdHJ5MA==", "keys_only": true}')
+        stored = {base64.b64decode(kv["key"]).decode() for kv in json.loads(keys.stdout).get("kvs", [])}
+        assert "/registry/configmaps/default/etcd-cm" in stored, stored
+    finally:
+        down = the_lab.run("down", check=False)
+    assert down.returncode == 0, down.stderr
+    # only what carries this run's prefix: other work on the machine makes its own namespaces meanwhile
+    after = snapshot()
+    ours = {k: sorted(x for x in after[k] - before[k] if the_lab.prefix in x) for k in after}
+    assert not any(ours.values()), ours
+    assert not lab_pids(the_lab)
+    with pytest.raises(ProcessLookupError):
+        os.kill(etcd_pid, 0)
+    assert not (the_lab.dir / "state").exists()

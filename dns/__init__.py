@@ -1,0 +1,1 @@
+"""kubeling dns: the cluster DNS server (kube-dns/CoreDNS schema) fed by informers."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from agent import runtime as rt
 from agent.events import EventRecorder
+from agent.metrics import Metrics, metered
 from agent.sandbox import Sandboxes
 from agent.worker import Hooks, PodWorkers
 from kube.client import Client, Informer, WorkQueue
@@ -32,12 +33,15 @@ class Agent:
                  runtime_ready: Callable[[bool, str], None] | None = None) -> None:
         self.client = client
         self.node = node
+        self.metrics = Metrics()
+        runtime = metered(runtime, self.metrics)
         self.runtime = runtime
         self.sandboxes = sandboxes
         self.queue: WorkQueue[str] = WorkQueue(name=f"agent-{node}")
         self.events = EventRecorder(client, node)
         self.workers = PodWorkers(client, node, runtime, sandboxes, hooks=hooks, events=self.events,
-                                  host_ip=host_ip, requeue=self.queue.add_after)
+                                  host_ip=host_ip, requeue=self.queue.add_after,
+                                  on_status=self.metrics.status)
         self.n_workers = workers
         self.relist_period = relist_period
         self.runtime_ready_cb = runtime_ready or (lambda ok, reason: None)
@@ -62,6 +66,7 @@ class Agent:
         with self._lock:
             self.pods[uid] = pod
             self.last[uid] = pod
+        self.metrics.seen(uid)
         self.queue.add(uid)
 
     def _on_delete(self, pod: dict[str, Any]) -> None:
@@ -126,6 +131,7 @@ class Agent:
                     with self._lock:
                         if uid not in self.pods:
                             self.last.pop(uid, None)
+                    self.metrics.forget(uid)
                 self._done_first(uid)
             except rt.RuntimeUnavailable as e:
                 self._set_runtime(False, str(e))

@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         from agent.server import AgentServer
         server = AgentServer(args.listen, pods=lambda: holder["agent"].pod_list(),
-                             logs=lambda *a, **kw: holder["agent"].logs(*a, **kw))
+                             logs=lambda *a, **kw: holder["agent"].logs(*a, **kw),
+                             metrics=lambda: holder["agent"].metrics.text() if "agent" in holder else b"")
         server.start()
     except (ImportError, NotImplementedError) as e:
         log.warning("agent HTTP API unavailable (%s)", e)

@@ -103,6 +103,8 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/healthz":
                 ok = self.server.owner.healthy()
                 self._text(200 if ok else 500, "ok" if ok else "unhealthy")
+            elif path == "/metrics" and self.server.owner.metrics is not None:
+                self._send(200, self.server.owner.metrics(), "text/plain; version=0.0.4; charset=utf-8")
             elif path == "/pods":
                 body = {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": self.server.owner.pods()}
                 self._send(200, json.dumps(body).encode(), "application/json")
@@ -114,7 +116,7 @@ class _Handler(BaseHTTPRequestHandler):
                 params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
                 self._logs(parts[0], parts[1], parts[2], params)
             else:
-                self._text(404, f"{path} not found: the agent serves /healthz, /pods and /containerLogs/NS/POD/C")
+                self._text(404, f"{path} not found: the agent serves /healthz, /metrics, /pods and /containerLogs/NS/POD/C")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as e:  # a bug in a callable must not kill the server
@@ -206,7 +208,8 @@ class AgentServer:
     """The agent API (see the module docstring)."""
 
     def __init__(self, listen: str = "127.0.0.1:10250", *, pods: Callable[[], list[dict[str, Any]]],
-                 logs: LogsFn, healthy: Callable[[], bool] = lambda: True) -> None:
+                 logs: LogsFn, healthy: Callable[[], bool] = lambda: True,
+                 metrics: Callable[[], bytes] | None = None) -> None:
         host, sep, port = listen.rpartition(":")
         if not sep or not port.isdigit():
             raise ValueError(f"the agent API listen address must be HOST:PORT, got {listen!r}")
@@ -215,6 +218,7 @@ class AgentServer:
         self.pods = pods
         self.logs = logs
         self.healthy = healthy
+        self.metrics = metrics  # the Prometheus text of GET /metrics
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

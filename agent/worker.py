@@ -130,7 +130,8 @@ def container_name(pod: dict[str, Any], cname: str, restarts: int) -> str:
 class PodWorkers:
     def __init__(self, client: Any, node: str, runtime: rt.Runtime, sandboxes: Sandboxes, *,
                  hooks: Hooks | None = None, events: EventRecorder | None = None, host_ip: str = "",
-                 clock: Callable[[], float] = time.time, requeue: Callable[[str, float], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, requeue: Callable[[str, float], None] | None = None,
+                 on_status: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.client = client
         self.node = node
         self.runtime = runtime
@@ -140,6 +141,7 @@ class PodWorkers:
         self.host_ip = host_ip
         self.clock = clock
         self.requeue = requeue or (lambda uid, delay: None)
+        self.on_status = on_status or (lambda uid, st: None)  # every status computed (metrics)
         self.backoff = S.Backoff(clock=clock)
         self.killing: set[str] = set()
         self._waiting: dict[str, dict[str, S.Waiting]] = {}  # uid -> container -> why waiting
@@ -481,6 +483,7 @@ class PodWorkers:
             st["podIP"], st["podIPs"] = ip, [{"ip": ip}]
         if old.get("qosClass"):
             st["qosClass"] = old["qosClass"]
+        self.on_status(uid, st)
         self._put_status(pod, st)
 
     def _put_status(self, pod: dict[str, Any], st: dict[str, Any]) -> None:

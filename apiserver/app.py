@@ -18,12 +18,14 @@ import orjson
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kube.api.resources import RESOURCES, ResourceType, group_versions, lookup
 
 from . import errors, nodeproxy, openapi, printers, protobuf
 from .errors import APIError
+from .metrics import MUTATING, VERBS, Metrics, exposition
 from .registry import Registry, Result, list_options
 from .store.base import StoreUnavailable
 
@@ -202,9 +204,14 @@ def group_list() -> dict[str, Any]:
 # -- the app ---------------------------------------------------------------------
 
 
-def create_app(registry: Registry) -> FastAPI:
+def create_app(registry: Registry, *, metrics: Metrics | None = None,
+               extra_metrics: list[CollectorRegistry] | None = None) -> FastAPI:
+    """extra_metrics: registries of in-process components (`kubeling server`'s scheduler and
+    controllers), served after the apiserver's own on /metrics; the list may grow later."""
     app = FastAPI(title="kubeling apiserver", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.registry = registry
+    m = app.state.metrics = metrics if metrics is not None else Metrics()
+    extra = extra_metrics if extra_metrics is not None else []
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
@@ -236,6 +243,10 @@ def create_app(registry: Registry) -> FastAPI:
         @app.get(probe)
         async def health() -> Response:
             return Response(b"ok", media_type="text/plain")
+
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        return Response(exposition([m.registry, *extra]), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api")
     async def api_versions(request: Request) -> Response:
@@ -273,7 +284,7 @@ def create_app(registry: Registry) -> FastAPI:
             if request.method != "GET":
                 raise errors.method_not_allowed()
             return json_response(resource_list("", "v1"))
-        return await timed(request, registry, parse_target("", "v1", segs[1:], request.url.path))
+        return await timed(request, registry, parse_target("", "v1", segs[1:], request.url.path), m)
 
     async def named(request: Request) -> Response:
         segs = [s for s in request.path_params["rest"].split("/") if s != ""]
@@ -291,17 +302,26 @@ def create_app(registry: Registry) -> FastAPI:
             if request.method != "GET":
                 raise errors.method_not_allowed()
             return json_response(resource_list(group, segs[1]))
-        return await timed(request, registry, parse_target(group, segs[1], segs[2:], request.url.path))
+        return await timed(request, registry, parse_target(group, segs[1], segs[2:], request.url.path), m)
 
     app.add_route("/api/{rest:path}", core, methods=methods)
     app.add_route("/apis/{rest:path}", named, methods=methods)
     return app
 
 
-async def timed(request: Request, registry: Registry, t: Target) -> Response:
-    """handle(), with a debug line per request (cheap when debug is off)."""
-    if not log.isEnabledFor(logging.DEBUG):
-        return await handle(request, registry, t)
+async def timed(request: Request, registry: Registry, t: Target, metrics: Metrics) -> Response:
+    """handle(), counted and timed into metrics, with a debug line per request (cheap when debug is off)."""
+    method = request.method
+    verb = VERBS.get(method, method.lower())
+    watch = False
+    if t.name is None:
+        if method == "GET":
+            watch = request.query_params.get("watch", "").lower() in ("1", "true")
+            verb = "watch" if watch else "list"
+        elif method == "DELETE":
+            verb = "deletecollection"
+    inflight = metrics.inflight_rw if method in MUTATING else metrics.inflight_ro
+    inflight.inc()
     t0 = time.perf_counter()
     code = 500
     try:
@@ -311,9 +331,15 @@ async def timed(request: Request, registry: Registry, t: Target) -> Response:
     except APIError as e:
         code = e.code
         raise
+    except StoreUnavailable:
+        code = 503
+        raise
     finally:
-        log.debug("request method=%s path=%s code=%d ms=%.1f", request.method, request.url.path, code,
-                  (time.perf_counter() - t0) * 1000)
+        elapsed = time.perf_counter() - t0
+        inflight.dec()
+        metrics.observe(verb, t.rt.name, t.sub, code, None if watch else elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request method=%s path=%s code=%d ms=%.1f", method, request.url.path, code, elapsed * 1000)
 
 
 def _params(request: Request) -> dict[str, str]:
@@ -333,7 +359,8 @@ async def handle(request: Request, registry: Registry, t: Target) -> Response:
         if method == "GET":
             opts = list_options(rt, params)
             if params.get("watch", "").lower() in ("1", "true"):
-                return watch_response(registry, t, opts, table, params)
+                return watch_response(registry, t, opts, table, params,
+                                      request.app.state.metrics.watch_counter(rt.name))
             items, meta = await registry.list(rt, t.namespace, opts)
             if table:
                 return json_response(printers.to_table(rt.name, items, list_metadata=meta,
@@ -413,7 +440,9 @@ def result_response(res: Result, rt: ResourceType, table: bool, params: dict[str
     return json_response(body, res.code, res.warnings)
 
 
-def watch_response(registry: Registry, t: Target, opts: Any, table: bool, params: dict[str, str]) -> Response:
+def watch_response(registry: Registry, t: Target, opts: Any, table: bool, params: dict[str, str],
+                   sent: Any = None) -> Response:
+    """sent: a counter (apiserver_watch_events_total's child) incremented per event."""
     include = params.get("includeObject", "Metadata")
 
     async def stream() -> AsyncIterator[bytes]:
@@ -421,6 +450,8 @@ def watch_response(registry: Registry, t: Target, opts: Any, table: bool, params
             obj = ev["object"]
             if table and ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
                 obj = printers.to_table(t.rt.name, [obj], include_object=include)
+            if sent is not None:
+                sent.inc()
             yield dumps({"type": ev["type"], "object": obj}) + b"\n"
 
     return StreamingResponse(stream(), media_type=JSON, headers={"Cache-Control": "no-cache, private"})

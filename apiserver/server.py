@@ -12,6 +12,7 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -152,7 +153,9 @@ async def _start_companions(server: uvicorn.Server, kubeconfig: str, companions:
         stops.append(await asyncio.to_thread(start, kubeconfig))
 
 
-async def serve(cfg: ServerConfig, companions: list[Companion] | None = None) -> None:
+async def serve(cfg: ServerConfig, companions: list[Companion] | None = None,
+                extra_metrics: list[Any] | None = None) -> None:
+    """extra_metrics: prometheus registries of the companions, served on this /metrics too."""
     host, port = parse_listen(cfg.listen)
     data_dir = prepare_data_dir(cfg.data_dir)
     ports = parse_port_range(cfg.node_port_range)
@@ -172,7 +175,7 @@ async def serve(cfg: ServerConfig, companions: list[Companion] | None = None) ->
         await store.close()
         raise StartupError(str(e)) from None
     await registry.start()
-    app = create_app(registry)
+    app = create_app(registry, extra_metrics=extra_metrics)
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
     write_kubeconfig(os.path.join(data_dir, "admin.kubeconfig"), f"http://{url_host}:{port}")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2)

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from kube.client import Client, Informer, WorkQueue
 from kube.client.errors import ApiError, ClientError
+
+from .metrics import Metrics
 
 log = logging.getLogger("kubeling.controllers")
 
@@ -47,6 +50,17 @@ def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+class _MeteredQueue(WorkQueue[str]):
+    """A WorkQueue counting the keys it really takes in (duplicates of a queued key are not adds)."""
+
+    adds: Any = None
+
+    def _add_locked(self, item: str) -> None:
+        if self.adds is not None and not self._shutting_down and item not in self._dirty:
+            self.adds.inc()
+        super()._add_locked(item)
+
+
 class Controller:
     name = "controller"
     workers = 2
@@ -54,7 +68,9 @@ class Controller:
 
     def __init__(self, client: Client, *, workers: int | None = None) -> None:
         self.client = client
-        self.queue: WorkQueue[str] = WorkQueue(name=self.name)
+        self.queue: WorkQueue[str] = _MeteredQueue(name=self.name)
+        self._work_duration: Any = None
+        self._retries: Any = None
         self.informers: list[Informer] = []
         self.primary: Informer | None = None
         self.stop_event = threading.Event()
@@ -96,6 +112,14 @@ class Controller:
             self.primary = inf
         return inf
 
+    def instrument(self, metrics: Metrics) -> None:
+        """Count this controller's queue into metrics (call before start())."""
+        if isinstance(self.queue, _MeteredQueue):
+            self.queue.adds = metrics.adds.labels(self.name)
+        metrics.depth.labels(self.name).set_function(lambda: float(len(self.queue)))
+        self._work_duration = metrics.work_duration.labels(self.name)
+        self._retries = metrics.retries.labels(self.name)
+
     def start(self, sync_timeout: float = 60.0) -> bool:
         """Start informers and, once all have synced, the workers. False if sync timed out."""
         for inf in self.informers:
@@ -134,15 +158,23 @@ class Controller:
             key = self.queue.get()
             if key is None:
                 return
+            t0 = time.perf_counter()
             try:
                 self.reconcile(key)
             except (ApiError, ClientError) as e:
                 log.info("controller=%s key=%s retry: %s", self.name, key, e)
-                self.queue.add_rate_limited(key)
+                self._retry(key)
             except Exception:
                 log.exception("controller=%s key=%s failed", self.name, key)
-                self.queue.add_rate_limited(key)
+                self._retry(key)
             else:
                 self.queue.forget(key)
             finally:
+                if self._work_duration is not None:
+                    self._work_duration.observe(time.perf_counter() - t0)
                 self.queue.done(key)
+
+    def _retry(self, key: str) -> None:
+        if self._retries is not None:
+            self._retries.inc()
+        self.queue.add_rate_limited(key)

@@ -21,6 +21,7 @@ from kube.client import Client, ConfigError
 from kube.client.leaderelection import LeaderElector
 
 from .base import Controller
+from .metrics import Metrics
 
 log = logging.getLogger("kubeling.controller-manager")
 
@@ -81,8 +82,9 @@ def default_identity() -> str:
 class ControllerManager:
     def __init__(self, client: Client, *, controllers: list[str] | None = None, options: Options | None = None,
                  leader_elect: bool = False, identity: str | None = None, lease_duration: float = 15.0,
-                 renew_deadline: float = 10.0, retry_period: float = 2.0) -> None:
+                 renew_deadline: float = 10.0, retry_period: float = 2.0, metrics: Metrics | None = None) -> None:
         self.client = client
+        self.metrics = metrics if metrics is not None else Metrics()
         self.names = controllers if controllers is not None else list(CONTROLLERS)
         self.options = options or Options()
         self.running: list[Controller] = []
@@ -125,6 +127,7 @@ class ControllerManager:
                 module, _, cls_name = CONTROLLERS[name].partition(":")
                 cls = getattr(importlib.import_module(module), cls_name)
                 ctl: Controller = cls(self.client, **self.options.for_controller(name))
+                ctl.instrument(self.metrics)
                 self.running.append(ctl)
         for ctl in list(self.running):
             if not ctl.start():
@@ -143,6 +146,8 @@ def add_args(p: argparse.ArgumentParser, *, standalone: bool = True) -> None:
         p.add_argument("--kubeconfig", default=None, help="kubeconfig to reach the apiserver (default: $KUBECONFIG)")
         p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
                        help="act only while holding the kube-system/kube-controller-manager Lease (default on)")
+        p.add_argument("--metrics-address", default="127.0.0.1:10257", metavar="HOST:PORT",
+                       help="serve Prometheus /metrics here (default %(default)s; '' or 0 disables)")
     p.add_argument("--controllers", default="*", metavar="LIST",
                    help=f"controllers to run: '*' for all, or a comma list; '-name' removes one "
                         f"(known: {', '.join(CONTROLLERS)})")
@@ -176,8 +181,16 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    metrics_server = None
+    if args.metrics_address and args.metrics_address != "0":
+        try:
+            metrics_server = cm.metrics.serve(args.metrics_address)
+        except (OSError, ValueError) as e:
+            log.warning("controller-manager: cannot serve metrics on %s: %s", args.metrics_address, e)
     cm.start()
     done.wait()
     cm.stop()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     client.close()
     return 0

@@ -66,11 +66,12 @@ def cmd_apiserver(args: argparse.Namespace) -> int:
                        node_port_range=args.service_node_port_range, compact_interval=args.compact_interval,
                        compact_keep=args.compact_keep, bookmark_interval=args.bookmark_interval)
     companions: list[Companion] = []
+    extra_metrics: list[Any] = []  # the companions' registries, served on the apiserver's /metrics
     if args.command == "server":
-        companions = [lambda kubeconfig: start_scheduler(kubeconfig, args),
-                      lambda kubeconfig: start_controllers(kubeconfig, args)]
+        companions = [lambda kubeconfig: start_scheduler(kubeconfig, args, extra_metrics),
+                      lambda kubeconfig: start_controllers(kubeconfig, args, extra_metrics)]
     try:
-        run_async(serve(cfg, companions))
+        run_async(serve(cfg, companions, extra_metrics))
     except StartupError as e:
         print(f"kubeling {args.command}: {e}", file=sys.stderr)
         return 1
@@ -95,16 +96,26 @@ def companion(kubeconfig: str, make: Callable[[Any], Any]) -> Callable[[], None]
     return stop
 
 
-def start_scheduler(kubeconfig: str, args: argparse.Namespace) -> Callable[[], None]:
+def start_scheduler(kubeconfig: str, args: argparse.Namespace, metrics: list[Any]) -> Callable[[], None]:
     from scheduler.scheduler import Scheduler
 
-    return companion(kubeconfig, lambda client: Scheduler(client, leader_elect=args.leader_elect))
+    def make(client: Any) -> Any:
+        sched = Scheduler(client, leader_elect=args.leader_elect)
+        metrics.append(sched.metrics.registry)
+        return sched
+
+    return companion(kubeconfig, make)
 
 
-def start_controllers(kubeconfig: str, args: argparse.Namespace) -> Callable[[], None]:
+def start_controllers(kubeconfig: str, args: argparse.Namespace, metrics: list[Any]) -> Callable[[], None]:
     from controllers.manager import from_args
 
-    return companion(kubeconfig, lambda client: from_args(client, args, leader_elect=args.leader_elect))
+    def make(client: Any) -> Any:
+        cm = from_args(client, args, leader_elect=args.leader_elect)
+        metrics.append(cm.metrics.registry)
+        return cm
+
+    return companion(kubeconfig, make)
 
 
 DAEMONS = (
@@ -122,6 +133,9 @@ DAEMONS = (
     ("lab", "kubeling.lab.lab", "a multi-node lab of network namespaces on this machine (root)",
      "Run a control plane and N workers in network namespaces on this machine, wired by an underlay "
      "switch on 192.168.56.0/24 like the Vagrant VMs."),
+    ("dns", "dns.main", "run the cluster DNS server",
+     "Answer the Kubernetes DNS schema (services, headless endpoints, SRV, pods) from the apiserver "
+     "over UDP and TCP; forward other names to --upstream servers."),
 )
 
 

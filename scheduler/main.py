@@ -12,9 +12,11 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 from kube.client import Client, ConfigError
 
+from .metrics import Metrics
 from .scheduler import DEFAULT_SCHEDULER, Scheduler, default_identity
 
 log = logging.getLogger("kubeling.scheduler")
@@ -37,6 +39,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--percentage-of-nodes-to-score", type=int, default=0, metavar="PCT",
                         help="stop filtering after this share of nodes fit (0: upstream's adaptive default)")
     parser.add_argument("--binders", type=int, default=16, help="concurrent bind requests (default %(default)s)")
+    parser.add_argument("--metrics-address", default="127.0.0.1:10259", metavar="HOST:PORT",
+                        help="serve Prometheus /metrics here (default %(default)s; '' or 0 disables)")
 
 
 def scheduler_from_args(client: Client, args: argparse.Namespace) -> Scheduler:
@@ -71,9 +75,24 @@ def run(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+    metrics_server = serve_metrics(sched.metrics, args.metrics_address, "scheduler")
     sched.start()
     log.info("scheduler: running name=%s identity=%s", sched.scheduler_name, sched.identity)
     done.wait()
     sched.stop()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     client.close()
     return 0
+
+
+def serve_metrics(metrics: Metrics, address: str, who: str) -> Any:
+    """Start the /metrics server, or None when disabled or the address is taken (logged, not fatal:
+    a second replica on one machine still schedules)."""
+    if not address or address == "0":
+        return None
+    try:
+        return metrics.serve(address)
+    except (OSError, ValueError) as e:
+        log.warning("%s: cannot serve metrics on %s: %s", who, address, e)
+        return None

@@ -32,6 +32,7 @@ from kube.client.leaderelection import LeaderElector
 
 from .cache import Cache
 from .framework import PodInfo, schedule_one
+from .metrics import Metrics
 from .queue import SchedulingQueue
 
 log = logging.getLogger("kubeling.scheduler")
@@ -149,7 +150,7 @@ class Scheduler:
                  lease_namespace: str = "kube-system", lease_name: str = "kube-scheduler",
                  lease_duration: float = 15.0, renew_deadline: float = 10.0, retry_period: float = 2.0,
                  percentage_of_nodes_to_score: int = 0, initial_backoff: float = 1.0, max_backoff: float = 10.0,
-                 scheduled_events: bool = True, seed: int | None = None) -> None:
+                 scheduled_events: bool = True, seed: int | None = None, metrics: Metrics | None = None) -> None:
         self.client = client
         self.scheduler_name = scheduler_name
         self.identity = identity or f"{socket.gethostname()}_{uuid.uuid4()}"
@@ -157,6 +158,8 @@ class Scheduler:
         self.scheduled_events = scheduled_events
         self.cache = Cache()
         self.queue = SchedulingQueue(initial_backoff, max_backoff)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.watch_queue(self.queue.pending)
         self.rng = random.Random(seed)
         self.pods = Informer(client, "pods", on_add=self._pod_added, on_update=self._pod_updated,
                              on_delete=self._pod_deleted)
@@ -307,11 +310,13 @@ class Scheduler:
             if item is None or stop.is_set():
                 continue
             key, pod, cycle = item
+            t0 = time.perf_counter()
             try:
                 self.schedule_pod(key, cycle)
             except Exception:
                 log.exception("scheduler: unexpected error scheduling pod=%s", key)
                 self.queue.failed(key, cycle, unschedulable=False)
+                self.metrics.attempt("error", time.perf_counter() - t0)
 
     def schedule_pod(self, key: str, cycle: int = 0) -> str | None:
         """One scheduling cycle for the pod `key`: the chosen node (binding in the background) or None."""
@@ -320,6 +325,7 @@ class Scheduler:
                 "deletionTimestamp"):
             self.queue.delete(key)
             return None
+        t0 = time.perf_counter()
         pi = PodInfo.from_pod(pod)
         with self.cache.lock:
             nodes = self.cache.node_list()
@@ -333,10 +339,12 @@ class Scheduler:
             message = res.message()
             log.debug("scheduler: unschedulable pod=%s reason=%r", key, message)
             self.queue.failed(key, cycle, unschedulable=True)
+            self.metrics.attempt("unschedulable", time.perf_counter() - t0)
             self._binders.submit(self._mark_unschedulable, pod, message)
             return None
         self.queue.done(key)
         self.scheduled += 1
+        self.metrics.attempt("scheduled", time.perf_counter() - t0)
         self._binders.submit(self._bind, pod, pi, res.node)
         return res.node
 
@@ -347,6 +355,7 @@ class Scheduler:
             self.client.bind(pod, node)
         except ApiError as e:
             self.cache.forget(pi.key)
+            self.metrics.bind_errors.inc()
             if e.is_not_found() or e.is_conflict():
                 log.debug("scheduler: bind pod=%s node=%s not done: %s", pi.key, node, e.message)
                 current = self.pods.get(pi.key)
@@ -358,11 +367,13 @@ class Scheduler:
             return
         except ClientError as e:
             self.cache.forget(pi.key)
+            self.metrics.bind_errors.inc()
             log.info("scheduler: bind pod=%s node=%s failed: %s", pi.key, node, e)
             self._retry(pi.key, pod)
             return
         except Exception:
             self.cache.forget(pi.key)
+            self.metrics.bind_errors.inc()
             log.exception("scheduler: bind pod=%s node=%s: unexpected error", pi.key, node)
             self._retry(pi.key, pod)
             return

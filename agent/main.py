@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("kubeling.agent.main")
@@ -55,7 +56,9 @@ def cni_conf_for(pod_cidr: str, data_dir: str, cluster_cidr: str = "") -> dict[s
 def run(args: argparse.Namespace) -> int:
     from agent import runtime as rt
     from agent.agent import Agent
+    from agent.node import NodeStatusManager
     from agent.sandbox import SandboxManager
+    from agent.server import AgentServer
     from kube.client import Client
 
     node = args.node_name
@@ -77,50 +80,36 @@ def run(args: argparse.Namespace) -> int:
     # The API server starts first: with --listen HOST:0 only it knows the real port, which the
     # Node advertises (kubeling.io/agent-endpoint) so that the apiserver can proxy `kubectl logs`.
     holder: dict[str, Any] = {}
-    server: Any = None
-    try:
-        from agent.server import AgentServer
-        server = AgentServer(args.listen, pods=lambda: holder["agent"].pod_list(),
-                             logs=lambda *a, **kw: holder["agent"].logs(*a, **kw),
-                             metrics=lambda: holder["agent"].metrics.text() if "agent" in holder else b"")
-        server.start()
-    except (ImportError, NotImplementedError) as e:
-        log.warning("agent HTTP API unavailable (%s)", e)
-    endpoint = server.endpoint if server is not None else args.listen
+    server = AgentServer(args.listen, pods=lambda: holder["agent"].pod_list(),
+                         logs=lambda *a, **kw: holder["agent"].logs(*a, **kw),
+                         metrics=lambda: holder["agent"].metrics.text() if "agent" in holder else b"")
+    server.start()
 
-    node_status: Any = None
-    try:
-        from agent.node import NodeStatusManager
+    def runtime_version() -> str:
+        v = runtime.version()
+        return f"docker://{v.get('Version', '')}"
 
-        def runtime_version() -> str:
-            v = runtime.version()
-            return f"docker://{v.get('Version', '')}"
-
-        node_status = NodeStatusManager(client, node, internal_ip=args.node_ip or "127.0.0.1",
-                                        api_endpoint=endpoint, runtime_version=runtime_version)
-    except (ImportError, NotImplementedError, TypeError) as e:
-        log.warning("node status manager unavailable (%s): the Node is not registered by this agent", e)
+    node_status = NodeStatusManager(client, node, internal_ip=args.node_ip or "127.0.0.1",
+                                    api_endpoint=server.endpoint, runtime_version=runtime_version)
 
     def cni_conf() -> dict[str, Any] | None:
-        if "conf" not in conf_holder and node_status is not None:
+        if "conf" not in conf_holder:
             cidr = node_status.pod_cidr()
             if cidr:
                 conf_holder["conf"] = cni_conf_for(cidr, os.path.join(root, "cni"), args.cluster_cidr)
         return conf_holder.get("conf")
 
     sandboxes = SandboxManager(runtime, node, root, node_netns=args.node_netns, cni_conf=cni_conf)
-    hooks = _hooks(client, root, args.node_netns)
+    # a probe result that flips re-syncs its pod
+    hooks = _hooks(client, root, args.node_netns, on_probe_change=lambda uid, *_: holder["agent"].queue.add(uid))
     agent = Agent(client, node, runtime, sandboxes, hooks=hooks, host_ip=args.node_ip, workers=args.workers,
-                  runtime_ready=(node_status.set_runtime_ready if node_status is not None else None))
+                  runtime_ready=node_status.set_runtime_ready)
     holder["agent"] = agent
-    if hooks.probes is not None and hasattr(hooks.probes, "_on_change"):
-        hooks.probes._on_change = lambda uid, *_: agent.queue.add(uid)
 
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    if node_status is not None:
-        node_status.start()
+    node_status.start()
     routes: Any = None
     if args.pod_routes:
         from agent.routes import IPRouteHost, NodeRoutes
@@ -132,15 +121,16 @@ def run(args: argparse.Namespace) -> int:
     agent.stop()
     if routes is not None:
         routes.stop()
-    if node_status is not None:
-        node_status.stop()
-    if server is not None:
-        server.stop()
+    node_status.stop()
+    server.stop()
     client.close()
     return 0
 
 
-def _hooks(client: Any, root: str, node_netns: str | None) -> Any:
+def _hooks(client: Any, root: str, node_netns: str | None,
+           on_probe_change: Callable[[str, str, str, bool], None] | None = None) -> Any:
+    from agent.probes import ProbeManager
+    from agent.volumes import VolumeManager
     from agent.worker import Hooks
     from kube.client import ApiError
 
@@ -155,18 +145,8 @@ def _hooks(client: Any, root: str, node_netns: str | None) -> Any:
         return get
 
     get_cm, get_secret = getter("configmaps"), getter("secrets")
-    volumes: Any = None
-    probes: Any = None
-    try:
-        from agent.volumes import VolumeManager
-        volumes = VolumeManager(os.path.join(root, "pods"), get_cm, get_secret)
-    except (ImportError, NotImplementedError, TypeError) as e:
-        log.warning("volume manager unavailable (%s)", e)
-    try:
-        from agent.probes import ProbeManager
-        probes = ProbeManager()
-    except (ImportError, NotImplementedError, TypeError) as e:
-        log.warning("probe manager unavailable (%s)", e)
+    volumes = VolumeManager(os.path.join(root, "pods"), get_cm, get_secret)
+    probes = ProbeManager(on_change=on_probe_change) if on_probe_change is not None else ProbeManager()
     return Hooks(volumes=volumes, probes=probes, get_configmap=get_cm, get_secret=get_secret, node_netns=node_netns)
 
 

@@ -28,8 +28,11 @@ from typing import Any
 
 from agent import runtime as rt
 from agent import status as S
+from agent.env import resolve_env
 from agent.errors import ContainerConfigError
 from agent.events import EventRecorder
+from agent.probes import resolve_named_ports
+from agent.resources import docker_host_options
 from agent.sandbox import SandboxError, Sandboxes, SandboxInfo
 
 log = logging.getLogger("kubeling.agent.worker")
@@ -39,7 +42,8 @@ CONFIG_RETRY = 2.0  # seconds between retries of CreateContainerConfigError / sa
 
 
 class Hooks:
-    """The optional collaborators (volumes, env, resources, probes), with minimal fallbacks."""
+    """The collaborators a worker uses for a container's config: volumes, env, resources, probes.
+    volumes/probes may be None (unit tests with fakes run without them)."""
 
     def __init__(self, volumes: Any = None, probes: Any = None, get_configmap: Getter | None = None,
                  get_secret: Getter | None = None, node_netns: str | None = None) -> None:
@@ -50,13 +54,7 @@ class Hooks:
         self.node_netns = node_netns
 
     def setup_volumes(self, pod: dict[str, Any]) -> dict[str, str]:
-        if self.volumes is None:
-            return {}
-        try:
-            return dict(self.volumes.setup(pod))
-        except NotImplementedError:
-            self.volumes = None
-            return {}
+        return {} if self.volumes is None else dict(self.volumes.setup(pod))
 
     def binds(self, container: dict[str, Any], paths: dict[str, str]) -> list[str]:
         if self.volumes is None or not paths:
@@ -65,61 +63,19 @@ class Hooks:
 
     def teardown_volumes(self, uid: str) -> None:
         if self.volumes is not None:
-            try:
-                self.volumes.teardown(uid)
-            except NotImplementedError:
-                pass
+            self.volumes.teardown(uid)
+
+    def remove_probes(self, uid: str) -> None:
+        if self.probes is not None:
+            self.probes.remove(uid)
 
     def env(self, pod: dict[str, Any], c: dict[str, Any], pod_ip: str = "") -> list[str]:
-        try:
-            from agent.env import resolve_env
-            # status.podIP is not written yet on a first start: the sandbox knows it
-            return list(resolve_env(pod, c, self.get_configmap, self.get_secret,
-                                    pod_ips=[pod_ip] if pod_ip else None))
-        except NotImplementedError:
-            return _fallback_env(pod, c, self.get_configmap)
+        # status.podIP is not written yet on a first start: the sandbox knows it
+        return list(resolve_env(pod, c, self.get_configmap, self.get_secret, pod_ips=[pod_ip] if pod_ip else None))
 
     @staticmethod
     def host_options(pod: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
-        try:
-            from agent.resources import docker_host_options
-            return dict(docker_host_options(pod, c))
-        except NotImplementedError:
-            return _fallback_host_options(c)
-
-
-def _fallback_env(pod: dict[str, Any], c: dict[str, Any], get_cm: Getter) -> list[str]:
-    """Plain values and configMapKeyRef only (used until agent/env.py is implemented)."""
-    ns = pod["metadata"].get("namespace", "default")
-    out = []
-    for e in c.get("env") or []:
-        if "value" in e or "valueFrom" not in e:
-            out.append(f"{e['name']}={e.get('value', '')}")
-            continue
-        ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
-        if ref:
-            cm = get_cm(ns, ref["name"])
-            if cm is None:
-                if ref.get("optional"):
-                    continue
-                raise ContainerConfigError(f'configmap "{ref["name"]}" not found')
-            out.append(f"{e['name']}={(cm.get('data') or {}).get(ref['key'], '')}")
-    for src in c.get("envFrom") or []:
-        ref = src.get("configMapRef")
-        if ref:
-            cm = get_cm(ns, ref["name"])
-            if cm is None:
-                if ref.get("optional"):
-                    continue
-                raise ContainerConfigError(f'configmap "{ref["name"]}" not found')
-            out.extend(f"{src.get('prefix', '')}{k}={v}" for k, v in (cm.get("data") or {}).items())
-    return out
-
-
-def _fallback_host_options(c: dict[str, Any]) -> dict[str, Any]:
-    from kube.api.quantity import parse_quantity
-    mem = ((c.get("resources") or {}).get("limits") or {}).get("memory")
-    return {"mem_limit": int(parse_quantity(mem)), "memswap_limit": int(parse_quantity(mem))} if mem else {}
+        return dict(docker_host_options(pod, c))
 
 
 def container_name(pod: dict[str, Any], cname: str, restarts: int) -> str:
@@ -244,11 +200,7 @@ class PodWorkers:
             name = c.labels.get(rt.L_CONTAINER, "")
             self.events.normal(pod, "Killing", f"Stopping container {name}", name, dedup=f"{c.id}/kill")
         list(self._pool.map(lambda c: self.runtime.stop(c.id, _grace(pod)), running))
-        if self.hooks.probes is not None:
-            try:
-                self.hooks.probes.remove(uid)  # they aimed at the old IP; new containers add their own
-            except NotImplementedError:
-                pass
+        self.hooks.remove_probes(uid)  # they aimed at the old IP; new containers add their own
         for hist in _group(apps).values():
             for c in hist[:-1]:
                 self.runtime.remove(c.id)
@@ -414,26 +366,18 @@ class PodWorkers:
             probe = c.get(f"{kind}Probe")
             if not probe:
                 continue
-            from agent.probes import resolve_named_ports
             probe = resolve_named_ports(probe, c)  # httpGet/tcpSocket port: "http" -> containerPort
             def exec_fn(cmd: list[str], timeout: float, _cid: str = cid) -> tuple[int, str]:
                 return self.runtime.exec(_cid, cmd, timeout)
-            try:
-                pm.add(uid, c["name"], kind, probe, pod_ip=sb.ip, node_netns=self.hooks.node_netns, exec_fn=exec_fn,
-                       started_at=self.clock())
-            except NotImplementedError:
-                self.hooks.probes = None
-                return
+            pm.add(uid, c["name"], kind, probe, pod_ip=sb.ip, node_netns=self.hooks.node_netns, exec_fn=exec_fn,
+                   started_at=self.clock())
 
     def _probe(self, uid: str, name: str, kind: str) -> bool | None:
         pm = self.hooks.probes
         if pm is None:
             return None
-        try:
-            r = pm.result(uid, name, kind)
-            return None if r is None else bool(r)
-        except NotImplementedError:
-            return None
+        r = pm.result(uid, name, kind)
+        return None if r is None else bool(r)
 
     def _liveness_failed(self, uid: str, name: str) -> bool:
         return self._probe(uid, name, "liveness") is False
@@ -510,11 +454,7 @@ class PodWorkers:
                 self.runtime.stop(c.id, _grace(pod))
         if self.sandboxes.get(uid) is not None:
             self.sandboxes.teardown(uid)
-            if self.hooks.probes is not None:
-                try:
-                    self.hooks.probes.remove(uid)
-                except NotImplementedError:
-                    pass
+            self.hooks.remove_probes(uid)
 
     # -- kill --
 
@@ -531,11 +471,7 @@ class PodWorkers:
         if running:
             log.info("killing pod uid=%s containers=%d grace=%ss", uid, len(running), grace)
         list(self._pool.map(lambda c: self.runtime.stop(c.id, grace), running))
-        if self.hooks.probes is not None:
-            try:
-                self.hooks.probes.remove(uid)
-            except NotImplementedError:
-                pass
+        self.hooks.remove_probes(uid)
         for c in apps:
             self.runtime.remove(c.id)
         self.sandboxes.teardown(uid)

@@ -67,12 +67,10 @@ class Node:
     def start_agent(self, workers: int = 8) -> Agent:
         sandboxes = SandboxManager(self.runtime, self.name, self.root, node_netns=self.netns,
                                    cni_conf=lambda: cni_conf_for(POD_CIDR, os.path.join(self.root, "cni")))
-        hooks = _hooks(self.client, self.root, self.netns)
+        hooks = _hooks(self.client, self.root, self.netns,
+                       on_probe_change=lambda uid, *_: self.agent.queue.add(uid) if self.agent else None)
         self.agent = Agent(self.client, self.name, self.runtime, sandboxes, hooks=hooks, host_ip="10.0.0.1",
                            workers=workers, relist_period=0.5)
-        if hooks.probes is not None and hasattr(hooks.probes, "_on_change"):
-            a = self.agent
-            hooks.probes._on_change = lambda uid, *_: a.queue.add(uid)
         return self.agent.start()
 
     def stop_agent(self) -> None:

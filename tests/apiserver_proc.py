@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from procs import stop_process
 
 
 def free_port() -> int:
@@ -71,14 +72,7 @@ class ApiServer:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
+        stop_process(proc, sig, timeout)
 
     def kill(self) -> None:
         """Crash it: SIGKILL, no graceful shutdown."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+from procs import stop_process
 
 ETCD_BINARY = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -93,14 +94,7 @@ class EtcdServer:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
+        stop_process(proc, sig, timeout)
 
     def restart(self) -> None:
         self.stop(signal.SIGKILL)

@@ -61,6 +61,7 @@ from proxy.model import Endpoint, NodeInfo, ServicePort
 
 TABLES = ("nat", "filter")
 LARGE_CLUSTER_ENDPOINTS = 1000  # upstream's largeClusterEndpointsThreshold
+HASH_CHAIN_KINDS = ("SVC", "SVL", "EXT", "SEP")  # KL-<kind>-<hash>: the per-service chains
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _B32_PAIRS = tuple(_B32[i >> 5] + _B32[i & 31] for i in range(1024))  # 10 bits -> 2 characters
 
@@ -82,9 +83,10 @@ class RenderConfig:
     random_fully: bool = True  # MASQUERADE --random-fully (kernel >= 3.13)
 
     @property
-    def prefixes(self) -> tuple[str, str]:
-        """Name prefixes that mark a chain as ours (cleanup and stale deletion look only at these)."""
-        return (f"{self.chain_prefix}-", f"{self.hash_prefix}-")
+    def prefixes(self) -> tuple[str, ...]:
+        """Name prefixes that mark a chain as ours (cleanup and stale deletion look only at these).
+        The per-service kinds are spelled out: other KL- chains (the CNI plugin's KL-CNI-MASQ) are not ours."""
+        return (f"{self.chain_prefix}-", *(f"{self.hash_prefix}-{kind}-" for kind in HASH_CHAIN_KINDS))
 
     def chain(self, suffix: str) -> str:
         return f"{self.chain_prefix}-{suffix}"

@@ -41,8 +41,10 @@ async def _open(url: str) -> Any:
 
 
 async def migrate(source_url: str, target_url: str, prefix: str = "/registry/", overwrite: bool = False,
-                  out: Any = sys.stderr) -> tuple[int, int, int]:
-    """Returns (copied, skipped as identical, overwritten)."""
+                  out: Any = None) -> tuple[int, int, int]:
+    """Returns (copied, skipped as identical, overwritten). Progress goes to `out` (default: the
+    sys.stderr of the moment, not of import time: tests swap it)."""
+    out = out if out is not None else sys.stderr
     if source_url == target_url:
         raise StoreError("--from and --to name the same store")
     src = await _open(source_url)

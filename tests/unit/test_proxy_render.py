@@ -370,3 +370,11 @@ def test_comments_dropped_in_large_clusters() -> None:
     assert "default/s0" not in large
     assert "default/s0" in render(ports(LARGE_CLUSTER_ENDPOINTS + 1), NODE,
                                   RenderConfig(comments=True)).tables["nat"]
+
+
+def test_cni_masquerade_chain_is_not_ours() -> None:
+    """The CNI plugin's KL-CNI-MASQ shares the KL- prefix: the proxy must never claim (and delete) it."""
+    cfg = RenderConfig()
+    assert not "KL-CNI-MASQ".startswith(cfg.prefixes)
+    for name in ("KUBELING-SERVICES", "KL-SVC-ABC", "KL-SVL-ABC", "KL-EXT-ABC", "KL-SEP-ABC"):
+        assert name.startswith(cfg.prefixes), name

@@ -39,16 +39,24 @@ log = logging.getLogger("kubeling.agent.worker")
 
 Getter = Callable[[str, str], "dict[str, Any] | None"]
 CONFIG_RETRY = 2.0  # seconds between retries of CreateContainerConfigError / sandbox failures
+DEFAULT_POD_MAX_PIDS = 4096  # --pod-max-pids: docker pids_limit of each container
 
 
 class Hooks:
     """The collaborators a worker uses for a container's config: volumes, env, resources, probes.
-    volumes/probes may be None (unit tests with fakes run without them)."""
+    volumes/probes may be None (unit tests with fakes run without them).  service_env() gives the
+    master service's variables (KUBERNETES_SERVICE_HOST ...; agent.env.service_env_vars), pids_limit
+    the docker pids_limit of every container (--pod-max-pids; <= 0 none)."""
 
     def __init__(self, volumes: Any = None, probes: Any = None, get_configmap: Getter | None = None,
-                 get_secret: Getter | None = None, node_netns: str | None = None) -> None:
+                 get_secret: Getter | None = None, node_netns: str | None = None, dns: Any = None,
+                 service_env: Callable[[], dict[str, str]] | None = None,
+                 pids_limit: int = DEFAULT_POD_MAX_PIDS) -> None:
         self.volumes = volumes
         self.probes = probes
+        self.service_env = service_env or (lambda: {})
+        self.pids_limit = pids_limit
+        self.dns = dns  # agent.dnsconfig.PodFiles: the pod's /etc/resolv.conf and /etc/hosts
         self.get_configmap: Getter = get_configmap or (lambda ns, n: None)
         self.get_secret: Getter = get_secret or (lambda ns, n: None)
         self.node_netns = node_netns
@@ -61,7 +69,20 @@ class Hooks:
             return []
         return list(self.volumes.binds_for(container, paths))
 
+    def dns_binds(self, pod: dict[str, Any], c: dict[str, Any], pod_ip: str) -> tuple[list[str], list[tuple[str, str]]]:
+        """Bind mounts of the pod's resolv.conf and hosts file, and warnings (event reason, message)."""
+        if self.dns is None:
+            return [], []
+        binds, notes = self.dns.binds(pod, c, pod_ip)
+        return list(binds), list(notes)
+
+    def known_volumes(self) -> list[str]:
+        """UIDs of pods with volumes on this node (garbage collection of what a restarted agent left)."""
+        return [] if self.volumes is None else list(self.volumes.known())
+
     def teardown_volumes(self, uid: str) -> None:
+        if self.dns is not None:
+            self.dns.teardown(uid)  # first: the volume teardown removes the pod dir only when empty
         if self.volumes is not None:
             self.volumes.teardown(uid)
 
@@ -71,11 +92,11 @@ class Hooks:
 
     def env(self, pod: dict[str, Any], c: dict[str, Any], pod_ip: str = "") -> list[str]:
         # status.podIP is not written yet on a first start: the sandbox knows it
-        return list(resolve_env(pod, c, self.get_configmap, self.get_secret, pod_ips=[pod_ip] if pod_ip else None))
+        return list(resolve_env(pod, c, self.get_configmap, self.get_secret, pod_ips=[pod_ip] if pod_ip else None,
+                                service_env=self.service_env()))
 
-    @staticmethod
-    def host_options(pod: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
-        return dict(docker_host_options(pod, c))
+    def host_options(self, pod: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
+        return dict(docker_host_options(pod, c, pids_limit=self.pids_limit if self.pids_limit > 0 else None))
 
 
 def container_name(pod: dict[str, Any], cname: str, restarts: int) -> str:
@@ -297,10 +318,18 @@ class PodWorkers:
             env = self.hooks.env(pod, c, sb.ip)
             host_opts = self.hooks.host_options(pod, c)
             binds = self.hooks.binds(c, paths)
+            dns_binds, dns_notes = self.hooks.dns_binds(pod, c, sb.ip)
         except ContainerConfigError as e:
             waiting[name] = S.Waiting(e.reason, e.message)
             self.events.warn(pod, "Failed", f"Error: {e.message}", name, dedup=f"{key}/cfg/{e.message}")
             return CONFIG_RETRY
+        except OSError as e:  # the pod's resolv.conf / hosts file could not be written
+            waiting[name] = S.Waiting("CreateContainerConfigError", f"pod DNS files: {e}")
+            self.events.warn(pod, "Failed", f"Error: {waiting[name].message}", name, dedup=f"{key}/dns/{e}")
+            return CONFIG_RETRY
+        for reason, message in dns_notes:
+            self.events.warn(pod, reason, message, dedup=f"{reason}/{message}")
+        binds += dns_binds
         labels = {**self._labels(pod), rt.L_CONTAINER: name, rt.L_RESTARTS: str(restarts), rt.L_KIND: kind}
         spec = rt.CreateSpec(
             name=container_name(pod, name, restarts), image=image, labels=labels,

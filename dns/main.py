@@ -1,8 +1,10 @@
 """`kubeling dns`: the cluster DNS server.
 
     kubeling dns --kubeconfig F --listen 127.0.0.1:53 [--domain cluster.local] [--upstream IP:PORT ...]
+                 [--metrics-address 127.0.0.1:9153]
 
-Serves the Kubernetes DNS schema (see dns/records.py) over UDP and TCP until SIGTERM/SIGINT.
+Serves the Kubernetes DNS schema (see dns/records.py) over UDP and TCP until SIGTERM/SIGINT, and
+Prometheus metrics with CoreDNS's names on --metrics-address (see dns/metrics.py).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="forward names outside the domain here (repeatable, tried in turn); "
                         "without one they get SERVFAIL")
     p.add_argument("--ttl", type=int, default=5, metavar="SECONDS", help="TTL of every answer (default %(default)s)")
+    p.add_argument("--metrics-address", default="127.0.0.1:9153", metavar="IP:PORT",
+                   help="serve Prometheus /metrics here (CoreDNS's port); '' disables (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from kube.client import Client, ConfigError
 
+    from .metrics import Metrics
     from .server import ClusterZone, DnsServer, Resolver
 
     host, port = parse_hostport(args.listen, "--listen")
+    metrics_at = parse_hostport(args.metrics_address, "--metrics-address", 9153) if args.metrics_address else None
     upstreams = [parse_hostport(u, "--upstream") for u in args.upstream]
     domain = args.domain.strip(".").lower()
     if not domain:
@@ -77,13 +83,21 @@ def _run(args: argparse.Namespace) -> int:
         client = Client(args.apiserver) if args.apiserver else Client.from_kubeconfig(args.kubeconfig)
     except ConfigError as e:
         raise UsageError(f"cannot reach the apiserver: {e}") from None
+    metrics = Metrics(f"dns://{host}:{port}")
+    try:
+        metrics_server = metrics.serve(*metrics_at) if metrics_at else None
+    except OSError as e:
+        client.close()
+        raise UsageError(f"--metrics-address {args.metrics_address}: {e.strerror or e}") from None
     zone = ClusterZone(client, domain).start()
-    server = DnsServer(Resolver(zone, domain, args.ttl, upstreams), host, port)
+    server = DnsServer(Resolver(zone, domain, args.ttl, upstreams), host, port, metrics=metrics)
     try:
         server.start()
     except OSError as e:
         zone.stop()
         client.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         raise UsageError(f"--listen {args.listen}: {e.strerror or e}") from None
     stop = threading.Event()
 
@@ -92,8 +106,8 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("dns serving %s on %s:%d upstreams=%s", domain, host, server.port,
-             ",".join(f"{h}:{p}" for h, p in upstreams) or "-")
+    log.info("dns serving %s on %s:%d upstreams=%s metrics=%s", domain, host, server.port,
+             ",".join(f"{h}:{p}" for h, p in upstreams) or "-", args.metrics_address or "-")
     try:
         while not stop.wait(1.0):
             pass
@@ -101,4 +115,6 @@ def _run(args: argparse.Namespace) -> int:
         server.stop()
         zone.stop()
         client.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
     return 0

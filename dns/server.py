@@ -108,6 +108,7 @@ class Resolver:
         self.ttl = ttl
         self.upstreams = upstreams or []
         self.forward_timeout = forward_timeout
+        self.on_forward: Callable[[str], None] | None = None  # called with "HOST:PORT" per upstream tried
 
     def soa(self) -> RR:
         d = self.domain
@@ -153,6 +154,8 @@ class Resolver:
     def forward(self, data: bytes, tcp: bool) -> bytes | None:
         """Blocking: ask each upstream in turn; None when none answered."""
         for host, port in self.upstreams:
+            if self.on_forward is not None:
+                self.on_forward(f"{host}:{port}")
             try:
                 if tcp:
                     with socket.create_connection((host, port), timeout=self.forward_timeout) as s:
@@ -206,11 +209,15 @@ def _truncated(reply: DNSRecord) -> bytes:
 class DnsServer:
     """UDP and TCP on one host:port (port 0: a free one, see .port), in its own event-loop thread."""
 
-    def __init__(self, resolver: Resolver, host: str = "127.0.0.1", port: int = 53) -> None:
+    def __init__(self, resolver: Resolver, host: str = "127.0.0.1", port: int = 53, metrics: Any = None) -> None:
         self.resolver = resolver
         self.host = host
         self.port = port
         self.queries = 0
+        self.metrics = metrics  # dns.metrics.Metrics, or None
+        self._zone_label = resolver.domain + "."
+        if metrics is not None:
+            resolver.on_forward = metrics.forwarded
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -221,10 +228,20 @@ class DnsServer:
 
     async def answer(self, data: bytes, tcp: bool) -> bytes | None:
         self.queries += 1
+        t0 = time.perf_counter()
         try:
             req = DNSRecord.parse(data)
         except Exception:  # dnslib raises several kinds on garbage; a bad packet never stops the server
             return _servfail(data)
+        out = await self._reply(req, data, tcp)
+        if self.metrics is not None and out is not None and req.questions:
+            q = req.questions[0]
+            zone = self._zone_label if self.resolver.in_domain(str(q.qname)) else "."
+            rcode = out[3] & 0x0F if len(out) >= 4 else RCODE.SERVFAIL
+            self.metrics.observe(zone, "tcp" if tcp else "udp", int(q.qtype), rcode, time.perf_counter() - t0)
+        return out
+
+    async def _reply(self, req: DNSRecord, data: bytes, tcp: bool) -> bytes | None:
         try:
             reply = self.resolver.local(req)
         except Exception:

@@ -23,8 +23,9 @@ D = "cluster.local"
 
 
 class Dns:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, metrics_port: int = 0) -> None:
         self.port = port
+        self.metrics_port = metrics_port
 
     def query(self, name: str, qtype: str = "A", tcp: bool = False) -> DNSRecord:
         q = DNSRecord.question(name, qtype)
@@ -39,13 +40,14 @@ def env() -> Iterator[tuple[Client, Dns]]:
     with tempfile.TemporaryDirectory(prefix="kubeling-dns-test-") as d:
         api = ApiServer(d)
         api.start()
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         log = open(os.path.join(d, "dns.log"), "wb")
         proc = subprocess.Popen([sys.executable, "-m", "kubeling.cli", "--log-level", "info", "dns",
-                                 "--kubeconfig", api.kubeconfig, "--listen", f"127.0.0.1:{port}"],
+                                 "--kubeconfig", api.kubeconfig, "--listen", f"127.0.0.1:{port}",
+                                 "--metrics-address", f"127.0.0.1:{metrics_port}"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         client = Client.from_kubeconfig(api.kubeconfig)
-        dns = Dns(port)
+        dns = Dns(port, metrics_port)
         try:
             def synced() -> bool:
                 assert proc.poll() is None, open(os.path.join(d, "dns.log")).read()
@@ -145,6 +147,38 @@ def test_tcp_query(env: tuple[Client, Dns]) -> None:
     wait_for(lambda: dns.ips(f"tcpsvc.{NS}.svc.{D}"), 5, "tcpsvc's A record")
     got = dns.query(f"tcpsvc.{NS}.svc.{D}", tcp=True)
     assert [str(r.rdata) for r in got.rr] == [ip]
+
+
+def test_metrics_count_requests_by_type_and_rcode(env: tuple[Client, Dns]) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, dns = env
+
+    def samples() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{dns.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    def value(got: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+        return sum(v for (n, lb), v in got.items() if n == name and set(labels.items()) <= lb)
+
+    before = samples()
+    for _ in range(3):
+        dns.query(f"nothere.{NS}.svc.{D}", "AAAA")
+    dns.query(f"dns-version.{D}", "TXT", tcp=True)
+    after = samples()
+    zone = f"{D}."
+    assert value(after, "coredns_dns_requests_total", zone=zone, type="AAAA", proto="udp") - \
+        value(before, "coredns_dns_requests_total", zone=zone, type="AAAA", proto="udp") == 3
+    assert value(after, "coredns_dns_requests_total", type="TXT", proto="tcp") - \
+        value(before, "coredns_dns_requests_total", type="TXT", proto="tcp") == 1
+    assert value(after, "coredns_dns_responses_total", rcode="NXDOMAIN") - \
+        value(before, "coredns_dns_responses_total", rcode="NXDOMAIN") == 3
+    assert value(after, "coredns_dns_request_duration_seconds_count", type="AAAA") - \
+        value(before, "coredns_dns_request_duration_seconds_count", type="AAAA") == 3
 
 
 def test_forwarding_and_udp_truncation_without_apiserver() -> None:

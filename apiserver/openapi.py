@@ -358,6 +358,31 @@ def _paths_for(r: ResourceType) -> JSONDict:
                 "x-kubernetes-action": "connect",
                 "x-kubernetes-group-version-kind": {"group": "", "kind": "Pod", "version": "v1"},
             }
+        elif sub in ("exec", "attach"):  # WebSocket upgrades (apiserver/streaming.py), GET or POST as upstream
+            names = (["command"] if sub == "exec" else []) + ["container", "stderr", "stdin", "stdout", "tty"]
+            for method in ("get", "post"):
+                sub_params[method] = {
+                    "tags": [tag], "description": f"connect {method.upper()} requests to {sub} of {r.kind}",
+                    "operationId": f"connect{gv_camel}{method.capitalize()}{ns}{r.kind}{sc}",
+                    "parameters": [_qparam(n, "string" if n in ("command", "container") else "boolean", n)
+                                   for n in names],
+                    "responses": {"200": {"description": "OK", "content": {"*/*": {"schema": {"type": "string"}}}}},
+                    "x-kubernetes-action": "connect",
+                    "x-kubernetes-group-version-kind": {"group": "", "kind": f"Pod{sc}Options", "version": "v1"},
+                }
+        elif sub == "portforward":  # a WebSocket tunnel (apiserver/portforward.py), GET or POST as upstream
+            for method in ("get", "post"):
+                sub_params[method] = {
+                    "tags": [tag],
+                    "description": f"connect {method.upper()} requests to portforward of {r.kind}",
+                    "operationId": f"connect{gv_camel}{method.capitalize()}{ns}{r.kind}Portforward",
+                    "parameters": [_qparam("ports", "integer", "List of ports to forward")],
+                    "responses": {"200": {"description": "OK",
+                                          "content": {"*/*": {"schema": {"type": "string"}}}}},
+                    "x-kubernetes-action": "connect",
+                    "x-kubernetes-group-version-kind": {"group": "", "kind": "PodPortForwardOptions",
+                                                        "version": "v1"},
+                }
         else:
             sub_params["put"] = _op("put", f"replace{gv_camel}{ns}{r.kind}{sc}", tag, gvk, P_WRITE, kind_type,
                                     body=kind_type)

@@ -38,6 +38,7 @@ CONTROLLERS: dict[str, str] = {
     "namespace": "controllers.namespace:NamespaceController",
     "job": "controllers.job:JobController",
     "ttl-after-finished": "controllers.job:TTLAfterFinishedController",
+    "serviceaccount": "controllers.serviceaccount:ServiceAccountController",
 }
 
 

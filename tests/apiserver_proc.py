@@ -10,6 +10,11 @@
 
 The process is stopped by its recorded PID (never by name); restart() brings it back on the
 same port and data dir, as after a crash.
+
+By default the server runs with --insecure-serving (plain HTTP, every request an admin), as the
+tests written before authentication expect. ApiServer(..., secure=True) runs it as shipped: HTTPS
+with the PKI it makes in DATA_DIR/pki; `url` is https, `kubeconfig` carries the CA and the admin
+client certificate, and `http()` / `client()` / `kubectl_env()` use them.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -28,6 +34,8 @@ import httpx
 import pytest
 from procs import stop_process
 
+from kube.client import Client
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -37,13 +45,15 @@ def free_port() -> int:
 
 class ApiServer:
     def __init__(self, data_dir: str | Path, port: int | None = None, args: tuple[str, ...] = (),
-                 command: str = "apiserver") -> None:
+                 command: str = "apiserver", secure: bool = False) -> None:
         self.command = command  # "server": the whole control plane in one process
         self.data_dir = str(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
         self.port = port or free_port()
-        self.args = args
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.secure = secure
+        self.args = args if secure else ("--insecure-serving", *args)
+        self.url = f"{'https' if secure else 'http'}://127.0.0.1:{self.port}"
+        self.pki_dir = os.path.join(self.data_dir, "pki")
         self.kubeconfig = os.path.join(data_dir, "admin.kubeconfig")
         self.log_path = os.path.join(data_dir, "apiserver.log")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -62,8 +72,10 @@ class ApiServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the apiserver exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200 and os.path.exists(self.kubeconfig):
-                    return
+                if os.path.exists(self.kubeconfig):
+                    with self.http(timeout=1) as c:
+                        if c.get("/readyz").status_code == 200:
+                            return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
@@ -81,6 +93,21 @@ class ApiServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def http(self, timeout: float = 10) -> httpx.Client:
+        """An httpx client for raw requests (base_url set); as the admin when secure."""
+        if not self.secure:
+            return httpx.Client(base_url=self.url, timeout=timeout)
+        ctx = ssl.create_default_context(cafile=os.path.join(self.pki_dir, "ca.crt"))
+        ctx.load_cert_chain(os.path.join(self.pki_dir, "admin.crt"), os.path.join(self.pki_dir, "admin.key"))
+        return httpx.Client(base_url=self.url, timeout=timeout, verify=ctx)
+
+    def client(self) -> Client:
+        """A kube Client from the admin kubeconfig (close it when done)."""
+        return Client.from_kubeconfig(self.kubeconfig)
+
+    def kubectl_env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": self.kubeconfig}
 
     def log(self) -> str:
         try:

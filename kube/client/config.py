@@ -12,8 +12,10 @@ list in the cluster's `server` field, e.g. `server: http://10.0.0.1:8080,http://
 (kubeling's extension; kubectl itself wants one URL), or by `ClientConfig(servers=[...])`.
 The clients fail over between them (kube/client/rest.py).
 
-In-cluster configuration (service-account token + KUBERNETES_SERVICE_HOST)
-is not implemented yet.
+`in_cluster_config()` is client-go's InClusterConfig, for a process in a pod: the server is
+https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, verified with the projected ca.crt, and
+the credential is the projected token file (/var/run/secrets/kubernetes.io/serviceaccount/token),
+which the agent rotates and the clients read again every minute.
 """
 
 from __future__ import annotations
@@ -305,3 +307,31 @@ def load_kubeconfig(path: str | None = None, context: str | None = None,
         tls_server_name=str(cluster["tls-server-name"]) if cluster.get("tls-server-name") else None,
         context=ctx_name,
     )
+
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def in_cluster_config(env: Mapping[str, str] | None = None, token_dir: str = SERVICE_ACCOUNT_DIR) -> ClientConfig:
+    """How a process in a pod reaches the apiserver (client-go's InClusterConfig): the kubernetes
+    Service's address from the environment the agent sets, the token, ca.crt and namespace files the
+    agent projects into token_dir."""
+    env = os.environ if env is None else env
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        raise ConfigError("unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and "
+                          "KUBERNETES_SERVICE_PORT must be defined")
+    token = os.path.join(token_dir, "token")
+    if not os.path.isfile(token):
+        raise ConfigError(f"unable to load in-cluster configuration: {token} does not exist (is "
+                          "automountServiceAccountToken false?)")
+    ca = os.path.join(token_dir, "ca.crt")
+    namespace = "default"
+    try:
+        with open(os.path.join(token_dir, "namespace")) as f:
+            namespace = f.read().strip() or "default"
+    except OSError:
+        pass
+    server_host = f"[{host}]" if ":" in host else host
+    return ClientConfig(server=f"https://{server_host}:{port}", namespace=namespace, token_file=token,
+                        ca_file=ca if os.path.isfile(ca) else None, context="in-cluster")

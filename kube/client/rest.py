@@ -370,6 +370,7 @@ def _event(ev: Obj) -> tuple[str, Obj]:
 
 
 Servers = str | Sequence[str]
+TOKEN_FILE_PERIOD = 60.0  # seconds between reads of a kubeconfig's tokenFile / the in-cluster token
 
 
 class _Common:
@@ -396,12 +397,29 @@ class _Common:
         token = config.bearer_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._headers = headers
+        self._fixed_headers = headers
+        self._token_read_at = time.monotonic()  # a token file is read again after TOKEN_FILE_PERIOD (rotation)
         self._verify: Any = config.ssl_context() if config.is_tls else True
         self._extensions: dict[str, Any] = {}
         if config.tls_server_name:
             self._extensions["sni_hostname"] = config.tls_server_name
         self._limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30)
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        """The request headers; with a token file (a projected service-account token, which the agent
+        rotates) its token is read again every TOKEN_FILE_PERIOD seconds, as client-go does."""
+        if self.config.token_file and not self.config.token and \
+                time.monotonic() - self._token_read_at >= TOKEN_FILE_PERIOD:
+            self._token_read_at = time.monotonic()
+            try:
+                token = self.config.bearer_token()
+            except Exception as e:  # noqa: BLE001 - keep the last token; the server will say if it is stale
+                log.warning("cannot read the token file again: %s", e)
+                token = None
+            if token:
+                self._fixed_headers = {**self._fixed_headers, "Authorization": f"Bearer {token}"}
+        return self._fixed_headers
 
     @property
     def namespace(self) -> str:
@@ -670,9 +688,11 @@ class Client:
         return first
 
     def create(self, resource: ResourceType | str, obj: Obj, namespace: str | None = None, *,
-               field_manager: str | None = None, dry_run: bool = False) -> Obj:
-        return self._send(self._b.create(resolve(resource), obj, namespace, field_manager=field_manager,
-                                         dry_run=dry_run))
+               field_manager: str | None = None, dry_run: bool = False, name: str | None = None,
+               subresource: str | None = None) -> Obj:
+        """POST obj; with name + subresource to that subresource (e.g. serviceaccounts NAME "token")."""
+        return self._send(self._b.create(resolve(resource), obj, namespace, subresource, name,
+                                         field_manager=field_manager, dry_run=dry_run))
 
     def update(self, resource: ResourceType | str, obj: Obj, *, namespace: str | None = None,
                field_manager: str | None = None, dry_run: bool = False, subresource: str | None = None) -> Obj:
@@ -836,9 +856,10 @@ class AsyncClient:
         return first
 
     async def create(self, resource: ResourceType | str, obj: Obj, namespace: str | None = None, *,
-                     field_manager: str | None = None, dry_run: bool = False) -> Obj:
-        return await self._send(self._b.create(resolve(resource), obj, namespace, field_manager=field_manager,
-                                               dry_run=dry_run))
+                     field_manager: str | None = None, dry_run: bool = False, name: str | None = None,
+                     subresource: str | None = None) -> Obj:
+        return await self._send(self._b.create(resolve(resource), obj, namespace, subresource, name,
+                                               field_manager=field_manager, dry_run=dry_run))
 
     async def update(self, resource: ResourceType | str, obj: Obj, *, namespace: str | None = None,
                      field_manager: str | None = None, dry_run: bool = False, subresource: str | None = None) -> Obj:

@@ -550,6 +550,37 @@ def _endpointslice(obj: Obj, now: datetime) -> list[Any]:
             _more(addrs, more, count, limit, "<unset>"), since(_d(obj, "metadata", "creationTimestamp"), now)]
 
 
+def _created_at(obj: Obj, _now: datetime) -> list[Any]:
+    """The default table convertor's cells (roles, clusterroles): name and the RFC 3339 creation time."""
+    created = parse_time(_d(obj, "metadata", "creationTimestamp"))
+    when = created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if created else UNKNOWN
+    return [_d(obj, "metadata", "name") or "", when]
+
+
+def subjects_strings(subjects: Any) -> tuple[list[str], list[str], list[str]]:
+    """rbac.SubjectsStrings: users, groups and "namespace:name" service accounts of a binding."""
+    users: list[str] = []
+    groups: list[str] = []
+    sas: list[str] = []
+    for s in _list(subjects):
+        kind, name = _str(_d(s, "kind")), _str(_d(s, "name"))
+        if kind == "User":
+            users.append(name)
+        elif kind == "Group":
+            groups.append(name)
+        elif kind == "ServiceAccount":
+            sas.append(f"{_str(_d(s, 'namespace'))}:{name}")
+    return users, groups, sas
+
+
+def _binding(obj: Obj, now: datetime) -> list[Any]:
+    ref = _dict(obj.get("roleRef"))
+    users, groups, sas = subjects_strings(obj.get("subjects"))
+    return [_d(obj, "metadata", "name") or "", f"{_str(ref.get('kind'))}/{_str(ref.get('name'))}",
+            since(_d(obj, "metadata", "creationTimestamp"), now), ", ".join(users), ", ".join(groups),
+            ", ".join(sas)]
+
+
 def _default(obj: Obj, now: datetime) -> list[Any]:
     return [_d(obj, "metadata", "name") or "", since(_d(obj, "metadata", "creationTimestamp"), now)]
 
@@ -684,6 +715,26 @@ PRINTERS: dict[str, tuple[list[Column], Printer]] = {
         AGE,
     ], _endpointslice),
 }
+
+_CREATED_AT: Column = ("Created At", "date", _AGE_DESC, 0)
+_ROLE_REF_DESC = ("RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. "
+                  "If the RoleRef cannot be resolved, the Authorizer must return an error. This field is immutable.")
+_CLUSTER_ROLE_REF_DESC = ("RoleRef can only reference a ClusterRole in the global namespace. If the RoleRef cannot "
+                          "be resolved, the Authorizer must return an error. This field is immutable.")
+
+
+def _binding_columns(ref_desc: str, what: str) -> list[Column]:
+    return [NAME, ("Role", "string", ref_desc, 0), AGE, ("Users", "string", f"Users in the {what}", 1),
+            ("Groups", "string", f"Groups in the {what}", 1),
+            ("ServiceAccounts", "string", f"ServiceAccounts in the {what}", 1)]
+
+
+PRINTERS.update({
+    "roles": ([NAME, _CREATED_AT], _created_at),
+    "clusterroles": ([NAME, _CREATED_AT], _created_at),
+    "rolebindings": (_binding_columns(_ROLE_REF_DESC, "roleBinding"), _binding),
+    "clusterrolebindings": (_binding_columns(_CLUSTER_ROLE_REF_DESC, "clusterRoleBinding"), _binding),
+})
 
 DEFAULT: tuple[list[Column], Printer] = ([NAME, AGE], _default)
 

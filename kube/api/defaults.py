@@ -38,6 +38,7 @@ DEFAULT_TOLERATION_SECONDS = 300
 TAINT_NOT_READY = "node.kubernetes.io/not-ready"
 TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
 _DEFAULT_FILE_MODE = 0o644  # 420, volume defaultMode
+SECRET_FILE_MODE = 0o400  # 256, a secret volume's defaultMode (kubeling's; upstream: 0644)
 
 
 def _d(obj: dict[str, Any], key: str) -> dict[str, Any]:
@@ -106,7 +107,8 @@ def _default_volume(v: dict[str, Any]) -> None:
         v["emptyDir"] = {}
     for src in ("secret", "configMap", "projected", "downwardAPI"):
         if isinstance(v.get(src), dict):
-            v[src].setdefault("defaultMode", _DEFAULT_FILE_MODE)
+            # secret files are owner-read-only unless asked otherwise (upstream defaults secrets to 0644 too)
+            v[src].setdefault("defaultMode", SECRET_FILE_MODE if src == "secret" else _DEFAULT_FILE_MODE)
     if isinstance(v.get("hostPath"), dict):
         v["hostPath"].setdefault("type", "")
     for item in _dicts(
@@ -376,7 +378,23 @@ def _default_endpointslice(obj: dict[str, Any]) -> None:
     _default_ports(obj.get("ports"))
 
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def _default_binding(obj: dict[str, Any]) -> None:
+    """SetDefaults_RoleBinding / _ClusterRoleBinding / _Subject: roleRef.apiGroup, and User/Group subjects'
+    apiGroup, default to rbac.authorization.k8s.io (ServiceAccount subjects keep "")."""
+    ref = obj.get("roleRef")
+    if isinstance(ref, dict) and not ref.get("apiGroup"):
+        ref["apiGroup"] = RBAC_GROUP
+    for s in _dicts(obj.get("subjects")):
+        if not s.get("apiGroup") and s.get("kind") in ("User", "Group"):
+            s["apiGroup"] = RBAC_GROUP
+
+
 _DEFAULTERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "rolebindings": _default_binding,
+    "clusterrolebindings": _default_binding,
     "pods": _default_pod,
     "deployments": _default_deployment,
     "replicasets": _default_replicaset,

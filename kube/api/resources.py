@@ -52,14 +52,14 @@ RESOURCES: tuple[ResourceType, ...] = (
        verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
     _r("", "v1", "nodes", "Node", False, short_names=("no",), subresources=("status",)),
     _r("", "v1", "pods", "Pod", True, short_names=("po",), categories=("all",),
-       subresources=("status", "binding", "log")),
+       subresources=("status", "binding", "log", "portforward", "exec", "attach")),
     _r("", "v1", "services", "Service", True, short_names=("svc",), categories=("all",), subresources=("status",),
        verbs=("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")),
     _r("", "v1", "endpoints", "Endpoints", True, short_names=("ep",), list_kind="EndpointsList"),
     _r("", "v1", "configmaps", "ConfigMap", True, short_names=("cm",)),
     _r("", "v1", "secrets", "Secret", True),
     _r("", "v1", "events", "Event", True, short_names=("ev",)),
-    _r("", "v1", "serviceaccounts", "ServiceAccount", True, short_names=("sa",)),
+    _r("", "v1", "serviceaccounts", "ServiceAccount", True, short_names=("sa",), subresources=("token",)),
     _r("apps", "v1", "deployments", "Deployment", True, short_names=("deploy",), categories=("all",),
        subresources=("status", "scale")),
     _r("apps", "v1", "replicasets", "ReplicaSet", True, short_names=("rs",), categories=("all",),
@@ -69,7 +69,25 @@ RESOURCES: tuple[ResourceType, ...] = (
     _r("batch", "v1", "jobs", "Job", True, categories=("all",), subresources=("status",)),
     _r("coordination.k8s.io", "v1", "leases", "Lease", True),
     _r("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
+    _r("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+    _r("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+    _r("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    _r("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+    # access reviews: create-only, answered from the authorizer and never stored
+    _r("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
+       verbs=("create",)),
+    _r("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview", False,
+       verbs=("create",)),
+    _r("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", False, verbs=("create",)),
+    _r("authorization.k8s.io", "v1", "localsubjectaccessreviews", "LocalSubjectAccessReview", True,
+       verbs=("create",)),
+    _r("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False, verbs=("create",)),
+    _r("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False, verbs=("create",)),
 )
+# authentication.k8s.io: create-only, answered by the authenticator (apiserver/auth/authn.py), never stored
+AUTHN_RESOURCES = frozenset({"selfsubjectreviews", "tokenreviews"})
+REVIEW_RESOURCES = frozenset({"selfsubjectaccessreviews", "selfsubjectrulesreviews", "subjectaccessreviews",
+                              "localsubjectaccessreviews"})
 
 BY_GVR: dict[tuple[str, str, str], ResourceType] = {(r.group, r.version, r.name): r for r in RESOURCES}
 BY_KIND: dict[tuple[str, str], ResourceType] = {(r.api_version, r.kind): r for r in RESOURCES}

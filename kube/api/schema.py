@@ -121,32 +121,48 @@ def unknown_fields(api_version: str, kind: str, obj: Any) -> list[str]:
     return out
 
 
+def prune_unknown_fields(api_version: str, kind: str, obj: Any) -> list[str]:
+    """Like unknown_fields, and removes those fields from ``obj`` where they were found (a path
+    string cannot name keys like "" or "a.b" safely, so pruning never goes through one)."""
+    tn = type_name(api_version, kind)
+    if tn is None:
+        return []
+    out: list[str] = []
+    _unknown(tn, obj, "", out, prune=True)
+    return out
+
+
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _unknown(desc: str, value: Any, path: str, out: list[str]) -> None:
+def _unknown(desc: str, value: Any, path: str, out: list[str], prune: bool = False) -> None:
     if value is None:
         return
     if desc.startswith("[]"):
         if isinstance(value, list):
             for i, item in enumerate(value):
-                _unknown(desc[2:], item, f"{path}[{i}]", out)
+                _unknown(desc[2:], item, f"{path}[{i}]", out, prune)
         return
     if desc.startswith("{}"):
         if isinstance(value, dict):
             for k, item in value.items():
-                _unknown(desc[2:], item, _join(path, str(k)), out)
+                _unknown(desc[2:], item, _join(path, str(k)), out, prune)
         return
     if desc in PRIMITIVES or not isinstance(value, dict):
         return
     fields = fields_of(desc)
+    doomed = []
     for name, item in value.items():
         sub = fields.get(name)
         if sub is None:
             out.append(_join(path, name))
+            doomed.append(name)
         else:
-            _unknown(sub, item, _join(path, name), out)
+            _unknown(sub, item, _join(path, name), out, prune)
+    if prune:
+        for name in doomed:
+            del value[name]
 
 
 def strict_decoding_error(paths: list[str]) -> str:

@@ -1670,6 +1670,127 @@ def _validate_service_account(obj: dict[str, Any]) -> list[FieldError]:
 
 
 # ==========================================================================
+# rbac.authorization.k8s.io (pkg/apis/rbac/validation)
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def path_segment_name_errors(v: str) -> list[str]:
+    """path.IsValidPathSegmentName: RBAC object names may be anything that is one URL path segment."""
+    if v in (".", ".."):
+        return [f"may not be '{v}'"]
+    return [f"may not contain '{c}'" for c in ("/", "%") if c in v]
+
+
+def _validate_policy_rules(rules: Any, namespaced: bool) -> list[FieldError]:
+    errs = _Errs()
+    if rules is None:
+        return errs
+    if not isinstance(rules, list):
+        return [invalid("rules", rules, "must be a list")]
+    for i, rule in enumerate(rules):
+        p = f"rules[{i}]"
+        if not isinstance(rule, dict):
+            errs.append(invalid(p, rule, "must be an object"))
+            continue
+        if not _list(rule.get("verbs")):
+            errs.append(required(f"{p}.verbs", "verbs must contain at least one value"))
+        urls = _list(rule.get("nonResourceURLs"))
+        if urls:
+            if namespaced:
+                errs.append(invalid(f"{p}.nonResourceURLs", urls, "namespaced rules cannot apply to non-resource URLs"))
+            if _list(rule.get("apiGroups")) or _list(rule.get("resources")) or _list(rule.get("resourceNames")):
+                errs.append(invalid(f"{p}.nonResourceURLs", urls,
+                                    "rules cannot apply to both regular resources and non-resource URLs"))
+            continue
+        if not _list(rule.get("apiGroups")):
+            errs.append(required(f"{p}.apiGroups", "resource rules must supply at least one api group"))
+        if not _list(rule.get("resources")):
+            errs.append(required(f"{p}.resources", "resource rules must supply at least one resource"))
+    return errs
+
+
+def _validate_role(obj: dict[str, Any]) -> list[FieldError]:
+    return _validate_policy_rules(obj.get("rules"), True)
+
+
+def _validate_cluster_role(obj: dict[str, Any]) -> list[FieldError]:
+    errs = _Errs(_validate_policy_rules(obj.get("rules"), False))
+    agg = obj.get("aggregationRule")
+    if isinstance(agg, dict):
+        selectors = _list(agg.get("clusterRoleSelectors"))
+        if not selectors:
+            errs.append(required("aggregationRule.clusterRoleSelectors",
+                                 "at least one clusterRoleSelector required if aggregationRule is non-nil"))
+        for i, sel in enumerate(selectors):
+            errs.extend(validate_label_selector(sel, f"aggregationRule.clusterRoleSelectors[{i}]"))
+    return errs
+
+
+def _validate_subjects(subjects: Any, namespaced: bool) -> list[FieldError]:
+    errs = _Errs()
+    for i, subject in enumerate(_list(subjects)):
+        p = f"subjects[{i}]"
+        if not isinstance(subject, dict):
+            errs.append(invalid(p, subject, "must be an object"))
+            continue
+        name, kind, group = _str(subject.get("name")), subject.get("kind"), _str(subject.get("apiGroup"))
+        if not name:
+            errs.append(required(f"{p}.name", ""))
+        if kind == "ServiceAccount":
+            if name:
+                errs.add_msgs(f"{p}.name", name, dns1123_subdomain_errors(name))
+            if group:
+                errs.append(not_supported(f"{p}.apiGroup", group, [""]))
+            if not namespaced and not subject.get("namespace"):
+                errs.append(required(f"{p}.namespace", ""))
+        elif kind in ("User", "Group"):
+            if group != RBAC_GROUP:
+                errs.append(not_supported(f"{p}.apiGroup", group, [RBAC_GROUP]))
+        else:
+            errs.append(not_supported(f"{p}.kind", kind if kind is not None else "", ["ServiceAccount", "User", "Group"]))
+    return errs
+
+
+def _validate_role_ref(ref: Any, kinds: list[str]) -> list[FieldError]:
+    errs = _Errs()
+    ref = _map(ref)
+    group = _str(ref.get("apiGroup"))
+    if group != RBAC_GROUP:
+        errs.append(not_supported("roleRef.apiGroup", group, [RBAC_GROUP]))
+    if ref.get("kind") not in kinds:
+        errs.append(not_supported("roleRef.kind", _str(ref.get("kind")), kinds))
+    name = _str(ref.get("name"))
+    if not name:
+        errs.append(required("roleRef.name", ""))
+    else:
+        errs.add_msgs("roleRef.name", name, path_segment_name_errors(name))
+    return errs
+
+
+def _validate_role_binding(obj: dict[str, Any]) -> list[FieldError]:
+    return _validate_role_ref(obj.get("roleRef"), ["Role", "ClusterRole"]) + _validate_subjects(
+        obj.get("subjects"), True)
+
+
+def _validate_cluster_role_binding(obj: dict[str, Any]) -> list[FieldError]:
+    return _validate_role_ref(obj.get("roleRef"), ["ClusterRole"]) + _validate_subjects(obj.get("subjects"), False)
+
+
+def _go_role_ref(ref: Any) -> str:
+    """A roleRef the way Go's %#v prints the internal type, as upstream's message shows it."""
+    ref = _map(ref)
+    return (f"rbac.RoleRef{{APIGroup:{_go_quote(_str(ref.get('apiGroup')))}, Kind:{_go_quote(_str(ref.get('kind')))}, "
+            f"Name:{_go_quote(_str(ref.get('name')))}}}")
+
+
+def _validate_binding_update(new: dict[str, Any], old: dict[str, Any]) -> list[FieldError]:
+    if _map(new.get("roleRef")) != _map(old.get("roleRef")):
+        return [invalid("roleRef", OMIT, f"{_go_role_ref(new.get('roleRef'))}: cannot change roleRef")]
+    return []
+
+
+# ==========================================================================
 # entry points
 
 
@@ -1696,6 +1817,10 @@ _RULES: dict[str, _Rules] = {
     "jobs": _Rules(True, dns1123_subdomain_errors, _validate_job),
     "leases": _Rules(True, dns1123_subdomain_errors, _validate_lease),
     "endpointslices": _Rules(True, dns1123_subdomain_errors, _validate_endpointslice),
+    "roles": _Rules(True, path_segment_name_errors, _validate_role),
+    "clusterroles": _Rules(False, path_segment_name_errors, _validate_cluster_role),
+    "rolebindings": _Rules(True, path_segment_name_errors, _validate_role_binding),
+    "clusterrolebindings": _Rules(False, path_segment_name_errors, _validate_cluster_role_binding),
 }
 
 
@@ -1909,6 +2034,8 @@ _UPDATE_RULES: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[FieldEr
     "configmaps": _validate_configmap_update,
     "nodes": _validate_node_update,
     "endpointslices": _validate_endpointslice_update,
+    "rolebindings": _validate_binding_update,
+    "clusterrolebindings": _validate_binding_update,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,9 +22,11 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kube.api.resources import RESOURCES, ResourceType, group_versions, lookup
+from kube.api.resources import AUTHN_RESOURCES, RESOURCES, ResourceType, group_versions, lookup
 
-from . import errors, nodeproxy, openapi, printers, protobuf
+from . import errors, nodeproxy, openapi, portforward, printers, protobuf, streaming
+from .auth import authn, reviews
+from .auth.authz import AuthorizationMiddleware
 from .errors import APIError
 from .metrics import MUTATING, VERBS, Metrics, exposition
 from .registry import Registry, Result, list_options
@@ -41,7 +44,8 @@ PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
                "application/strategic-merge-patch+json", "application/apply-patch+yaml")
 SUBRESOURCE_VERBS = {
     "status": ["get", "patch", "update"], "scale": ["get", "patch", "update"], "binding": ["create"],
-    "finalize": ["update"], "log": ["get"],
+    "finalize": ["update"], "log": ["get"], "token": ["create"], "portforward": ["create", "get"],
+    "exec": ["create", "get"], "attach": ["create", "get"],
 }
 
 
@@ -52,8 +56,16 @@ def dumps(obj: Any) -> bytes:
 def json_response(body: Any, code: int = 200, warnings: list[str] | None = None) -> Response:
     headers = {}
     if warnings:
-        headers["Warning"] = ", ".join('299 - "' + w.replace('"', '\\"') + '"' for w in warnings[:10])
+        headers["Warning"] = ", ".join('299 - "' + _warning_text(w) + '"' for w in warnings[:10])
     return Response(dumps(body), status_code=code, media_type=JSON, headers=headers)
+
+
+def _warning_text(text: str, limit: int = 256) -> str:
+    """A warning (which may quote field names the client sent) made safe for a header value: control
+    characters replaced, quotes escaped, cut at `limit` characters, and UTF-8 on the wire (Starlette
+    writes header strings as latin-1, so the UTF-8 bytes go as they are)."""
+    text = "".join(c if c >= " " and c != "\x7f" else "?" for c in text[:limit])
+    return text.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8", "replace").decode("latin-1")
 
 
 def status_response(err: APIError) -> Response:
@@ -94,7 +106,32 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+MAX_DEPTH = 100  # nesting of a request body; the deepest built-in object is far below
+
+
 def decode_body(raw: bytes, content_type: str, *, required: bool = True) -> Any:
+    """The body as JSON values (JSON, YAML or kubectl's protobuf); 400 when it cannot be, or when it
+    nests deeper than MAX_DEPTH (recursive code further on must not hit Python's recursion limit)."""
+    body = _decode_body(raw, content_type, required=required)
+    if _deeper_than(body, MAX_DEPTH):
+        raise errors.bad_request(f"the body nests objects or lists deeper than {MAX_DEPTH} levels")
+    return body
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
+def _decode_body(raw: bytes, content_type: str, *, required: bool = True) -> Any:
     mt = content_type.split(";")[0].strip().lower()
     if not raw.strip():
         if required:
@@ -115,19 +152,34 @@ def decode_body(raw: bytes, content_type: str, *, required: bool = True) -> Any:
         raise errors.unsupported_media_type(content_type)
     try:
         docs = [d for d in yaml.safe_load_all(raw) if d is not None]
+        if len(docs) != 1:
+            raise errors.bad_request(f"the body must hold exactly one object, found {len(docs)} YAML documents")
+        return _jsonable(docs[0], [MAX_YAML_NODES])
     except yaml.YAMLError as e:
         raise errors.bad_request(f"the body is neither valid JSON nor valid YAML: {str(e).splitlines()[0]}") from None
-    if len(docs) != 1:
-        raise errors.bad_request(f"the body must hold exactly one object, found {len(docs)} YAML documents")
-    return _jsonable(docs[0])
+    except RecursionError:
+        raise errors.bad_request(f"the body nests objects or lists deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:  # PyYAML's int() of a 5,000-digit number, and the like
+        raise errors.bad_request(f"the YAML body holds a value that cannot be read: {e}") from None
 
 
-def _jsonable(v: Any) -> Any:
-    """YAML may produce dates, sets and non-string keys; the API is JSON."""
+MAX_YAML_NODES = 1_000_000  # YAML aliases can make a small body a huge object ("billion laughs")
+
+
+def _jsonable(v: Any, budget: list[int]) -> Any:
+    """YAML may produce dates, sets and non-string keys; the API is JSON. budget: values left to make."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise errors.bad_request(f"the YAML body expands to more than {MAX_YAML_NODES} values (aliases?)")
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): _jsonable(x, budget) for k, x in v.items()}
     if isinstance(v, list):
-        return [_jsonable(x) for x in v]
+        return [_jsonable(x, budget) for x in v]
+    if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
+        try:
+            return float(v)  # as a JSON decoder does with integers beyond 64 bits
+        except OverflowError:
+            raise errors.bad_request("the YAML body holds an integer too large for any number type") from None
     if isinstance(v, str | int | float | bool) or v is None:
         return v
     if hasattr(v, "isoformat"):
@@ -181,11 +233,14 @@ def resource_list(group: str, version: str) -> dict[str, Any]:
             entry["categories"] = list(r.categories)
         out.append(entry)
         for sub in r.subresources:
-            kind = {"scale": "Scale", "binding": "Binding"}.get(sub, r.kind)
+            kind = {"scale": "Scale", "binding": "Binding", "token": "TokenRequest", "exec": "PodExecOptions",
+                    "attach": "PodAttachOptions"}.get(sub, r.kind)
             e = {"name": f"{r.name}/{sub}", "singularName": "", "namespaced": r.namespaced, "kind": kind,
                  "verbs": SUBRESOURCE_VERBS.get(sub, ["get"])}
             if sub == "scale":
                 e.update(group="autoscaling", version="v1")
+            elif sub == "token":
+                e.update(group="authentication.k8s.io", version="v1")
             out.append(e)
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else version,
             "resources": out}
@@ -210,6 +265,8 @@ def create_app(registry: Registry, *, metrics: Metrics | None = None,
     controllers), served after the apiserver's own on /metrics; the list may grow later."""
     app = FastAPI(title="kubeling apiserver", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.registry = registry
+    # authorization of every route (HTTP and websocket) once app.state.authz is set (apiserver/auth/authz.py)
+    app.add_middleware(AuthorizationMiddleware)
     m = app.state.metrics = metrics if metrics is not None else Metrics()
     extra = extra_metrics if extra_metrics is not None else []
 
@@ -232,7 +289,9 @@ def create_app(registry: Registry, *, metrics: Metrics | None = None,
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, request.url.path)
+        # where and what, never the exception's message: it may quote the request body (a Secret's data)
+        log.error("internal error method=%s path=%s error=%s\n%s", request.method, request.url.path,
+                  type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip())
         return status_response(errors.internal(f"{type(exc).__name__}: {exc}"))
 
     @app.get("/version")
@@ -306,6 +365,12 @@ def create_app(registry: Registry, *, metrics: Metrics | None = None,
 
     app.add_route("/api/{rest:path}", core, methods=methods)
     app.add_route("/apis/{rest:path}", named, methods=methods)
+    # kubectl port-forward: a WebSocket tunnel relayed to the node agent (apiserver/portforward.py)
+    app.router.add_websocket_route("/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+                                   portforward.pod_portforward_ws)
+    # kubectl exec / attach / cp: WebSocket sessions relayed to the node agent (apiserver/streaming.py)
+    app.router.add_websocket_route("/api/v1/namespaces/{namespace}/pods/{name}/exec", streaming.pod_exec_ws)
+    app.router.add_websocket_route("/api/v1/namespaces/{namespace}/pods/{name}/attach", streaming.pod_attach_ws)
     return app
 
 
@@ -355,6 +420,19 @@ async def handle(request: Request, registry: Registry, t: Target) -> Response:
     content_type = request.headers.get("content-type", "")
     rt = t.rt
 
+    if rt.name in reviews.RESOURCES:  # access reviews: answered from the authorizer, never stored
+        if method != "POST" or t.name is not None:
+            raise errors.method_not_allowed()
+        body = decode_body(await read_body(request), content_type)
+        return json_response(await reviews.review(getattr(request.app.state, "authz", None),
+                                                  authn.user_of(request.scope), rt, t.namespace, body), 201)
+    if rt.name in AUTHN_RESOURCES:  # selfsubjectreviews, tokenreviews: answered, never stored
+        if method != "POST" or t.name is not None:
+            raise errors.method_not_allowed()
+        body = decode_body(await read_body(request), content_type)
+        if rt.name == "selfsubjectreviews":
+            return json_response(authn.self_subject_review(authn.user_of(request.scope), body), 201)
+        return json_response(await authn.token_review(getattr(request.app.state, "authenticator", None), body), 201)
     if t.name is None:  # collection
         if method == "GET":
             opts = list_options(rt, params)
@@ -396,10 +474,23 @@ async def handle(request: Request, registry: Registry, t: Target) -> Response:
         res = await registry.bind(rt, t.namespace, name, body)
         return json_response(res.body, res.code)
 
+    if t.sub == "token":  # serviceaccounts/NAME/token: a TokenRequest
+        if method != "POST":
+            raise errors.method_not_allowed()
+        body = decode_body(await read_body(request), content_type)
+        issuer = getattr(request.app.state, "token_issuer", None)
+        return json_response(await authn.create_token(registry, issuer, t.namespace or "default", name, body), 201)
     if t.sub == "log":
         if method != "GET":
             raise errors.method_not_allowed()
-        return await nodeproxy.pod_logs(registry, rt, t.namespace, name, params)  # streamed from the node agent
+        return await nodeproxy.pod_logs(registry, rt, t.namespace, name, params,  # streamed from the node agent
+                                        kubelet=nodeproxy.kubelet_client(request.app.state))
+    if t.sub in ("exec", "attach"):  # not a WebSocket upgrade (those take the routes above): say why
+        return await streaming.pod_stream_http(registry, rt, t.namespace, name, t.sub, request)
+    if t.sub == "portforward":  # only a WebSocket upgrade is served (the route above); this explains why
+        if method not in ("GET", "POST"):
+            raise errors.method_not_allowed()
+        return await portforward.pod_portforward_http(registry, rt, t.namespace, name)
     if method == "GET":
         if t.sub == "finalize":
             raise errors.method_not_allowed()

@@ -3,8 +3,12 @@ has kind Status, status Failure, a reason, a message and code == HTTP status."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, MutableMapping
 from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kube.api.resources import ResourceType
 
@@ -121,3 +125,43 @@ def success_status(rt: ResourceType, name: str, uid: str = "") -> dict[str, Any]
     if uid:
         details["uid"] = uid
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+
+
+log = logging.getLogger("kubeling.apiserver")
+
+
+class ErrorGuard:
+    """ASGI middleware, the last line: no exception from the app reaches uvicorn, which would log it
+    with its message (that may quote the request body) and drop the connection. Starlette's
+    handler for Exception answers with a 500 Status and then re-raises: that is swallowed here; an
+    exception before any answer gets a 500 Status here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)  # .state, .routes, ... of the wrapped app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as e:
+            if started:
+                return  # answered (and logged) by the app's handler
+            log.error("internal error method=%s path=%s error=%s", scope.get("method"), scope.get("path"),
+                      type(e).__name__)
+            body = orjson.dumps(internal(type(e).__name__).status())
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})

@@ -6,8 +6,14 @@
 The pod (404) -> its node (400 "does not have a host assigned") -> the agent endpoint (the Node's
 annotation kubeling.io/agent-endpoint "HOST:PORT", else its InternalIP and
 status.daemonEndpoints.kubeletEndpoint.Port) -> the container (the only one by default; 400 with
-upstream's messages otherwise) -> GET http://ENDPOINT/containerLogs/NS/NAME/CONTAINER, streamed with
-httpx's async client so the event loop never blocks. Agent unreachable -> 503 ServiceUnavailable;
+upstream's messages otherwise) -> GET https://ENDPOINT/containerLogs/NS/NAME/CONTAINER (plain http
+with --insecure-serving), streamed with httpx's async client so the event loop never blocks.
+
+``KubeletClient`` is how the apiserver talks to every agent (logs here, exec/attach in streaming.py,
+port-forward in portforward.py): the scheme, and for https an SSL context that verifies the agent's
+serving certificate against --kubelet-certificate-authority (hostname = the endpoint's host) and
+presents --kubelet-client-certificate/--kubelet-client-key (apiserver/security.py fills it in and
+puts it at app.state.kubelet; without one, plain http as before). Agent unreachable -> 503 ServiceUnavailable;
 agent 404 -> 404, agent 400 -> 400, with the agent's message. sinceTime is turned into
 sinceSeconds (the agent knows only the latter).
 """
@@ -16,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +45,35 @@ BOOL_PARAMS = ("follow", "timestamps", "previous")
 INT_PARAMS = {"tailLines": 0, "sinceSeconds": 1, "limitBytes": 1}  # name -> minimum
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0  # without follow; with follow a quiet container may say nothing for hours
+
+
+@dataclass(frozen=True)
+class KubeletClient:
+    """How to reach agents: "http", or "https" with a client SSL context (CA + client certificate)."""
+
+    scheme: str = "http"
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    def url(self, endpoint: str, path: str, websocket: bool = False) -> str:
+        scheme = ("wss" if self.tls else "ws") if websocket else self.scheme
+        return f"{scheme}://{endpoint}{path}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's verify= for this client."""
+        return self.ssl_context if self.ssl_context is not None else True
+
+
+PLAIN = KubeletClient()
+
+
+def kubelet_client(state: Any) -> KubeletClient:
+    """The KubeletClient an app's state holds (app.state.kubelet), plain http when there is none."""
+    client = getattr(state, "kubelet", None)
+    return client if isinstance(client, KubeletClient) else PLAIN
 
 
 def container_names(pod: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
@@ -114,7 +151,7 @@ def agent_params(params: dict[str, str]) -> dict[str, str]:
 
 
 async def pod_logs(registry: Any, pods_rt: ResourceType, namespace: str | None, name: str,
-                   params: dict[str, str]) -> Response:
+                   params: dict[str, str], kubelet: KubeletClient = PLAIN) -> Response:
     pod = await registry.get(pods_rt, namespace, name)
     node_name = (pod.get("spec") or {}).get("nodeName")
     if not node_name:
@@ -129,9 +166,9 @@ async def pod_logs(registry: Any, pods_rt: ResourceType, namespace: str | None, 
         raise errors.unavailable(f'node "{node_name}" of pod "{name}" has no agent endpoint (neither the '
                                  f'{ENDPOINT_ANNOTATION} annotation nor an InternalIP): is its agent running?')
     path = "/containerLogs/" + "/".join(quote(str(p), safe="") for p in (namespace, name, container))
-    url = f"http://{endpoint}{path}"
+    url = kubelet.url(endpoint, path)
     follow = query.get("follow") == "true"
-    client = httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(
+    client = httpx.AsyncClient(trust_env=False, verify=kubelet.verify(), timeout=httpx.Timeout(
         connect=CONNECT_TIMEOUT, read=None if follow else READ_TIMEOUT, write=10.0, pool=CONNECT_TIMEOUT))
     try:
         resp = await client.send(client.build_request("GET", url, params=query), stream=True)

@@ -114,6 +114,9 @@ class Result:
     warnings: list[str] = field(default_factory=list)
 
 
+INT64_MAX = 2**63 - 1
+
+
 def _int_param(params: dict[str, str], name: str, default: int = 0) -> int:
     raw = params.get(name)
     if raw in (None, ""):
@@ -124,6 +127,8 @@ def _int_param(params: dict[str, str], name: str, default: int = 0) -> int:
         raise errors.bad_request(f"invalid value {raw!r} for query parameter {name}: must be an integer") from None
     if v < 0:
         raise errors.bad_request(f"invalid value {raw!r} for query parameter {name}: must not be negative")
+    if v > INT64_MAX:
+        raise errors.bad_request(f"invalid value {raw!r} for query parameter {name}: out of range (int64)")
     return v
 
 
@@ -168,28 +173,6 @@ def _decode_continue(token: str) -> tuple[int, str]:
         return int(raw["rv"]), str(raw["start"])
     except (ValueError, KeyError, TypeError):
         raise errors.bad_request("continue key is not valid: the token is malformed") from None
-
-
-def _prune_path(obj: Any, path: str) -> None:
-    """Remove the field at an unknown-field path like `.spec.containers[0].imagee`."""
-    tokens: list[str | int] = []
-    for part in path.lstrip(".").split("."):
-        while "[" in part:
-            head, _, rest = part.partition("[")
-            if head:
-                tokens.append(head)
-            idx, _, part = rest.partition("]")
-            tokens.append(int(idx) if idx.isdigit() else idx)
-        if part:
-            tokens.append(part)
-    cur = obj
-    for t in tokens[:-1]:
-        try:
-            cur = cur[t]
-        except (KeyError, IndexError, TypeError):
-            return
-    if isinstance(cur, dict) and tokens:
-        cur.pop(tokens[-1], None)  # type: ignore[call-overload]
 
 
 class Registry:
@@ -286,8 +269,7 @@ class Registry:
                                                              schema.strict_decoding_error(unknown)))
             if mode == "Warn":
                 warnings.extend(schema.unknown_field_warnings(unknown))
-            for p in unknown:
-                _prune_path(obj, p)
+            schema.prune_unknown_fields(rt.api_version, rt.kind, obj)
         return obj
 
     def _validate(self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None,
@@ -516,9 +498,9 @@ class Registry:
             kv = await self.store.get(object_key(rt, ns, name))
             if kv is None:
                 if content_type == "application/apply-patch+yaml" and not subresource:
-                    if not isinstance(body, dict):
-                        raise errors.bad_request("an apply patch must be an object")
-                    body.setdefault("metadata", {}).setdefault("name", name)
+                    if not isinstance(body, dict) or not isinstance(body.setdefault("metadata", {}), dict):
+                        raise errors.bad_request("an apply patch must be an object, and its metadata too")
+                    body["metadata"].setdefault("name", name)
                     return await self.create(rt, ns, body, params)
                 raise errors.not_found(rt, name)
             old = decode(kv)
@@ -682,11 +664,16 @@ class Registry:
             raise errors.bad_request("the DeleteOptions body must be a JSON object")
         if options.get("kind") not in (None, "DeleteOptions"):
             raise errors.bad_request(f"the body of a delete must be DeleteOptions, not {options.get('kind')}")
+        problems = schema.type_errors("v1", "DeleteOptions", options)
+        if problems:
+            raise errors.bad_request(schema.decode_error("v1", "DeleteOptions", problems[0]))
         grace: int | None = None
         raw_grace = options.get("gracePeriodSeconds", params.get("gracePeriodSeconds"))
         if raw_grace not in (None, ""):
             try:
                 grace = max(0, int(raw_grace))  # type: ignore[arg-type]
+                if grace > INT64_MAX:
+                    raise ValueError(raw_grace)
             except (TypeError, ValueError):
                 raise errors.bad_request(f"gracePeriodSeconds must be an integer, not {raw_grace!r}") from None
         policy = options.get("propagationPolicy") or params.get("propagationPolicy")
@@ -776,6 +763,8 @@ class Registry:
 
     async def delete_collection(self, rt: ResourceType, ns: str | None, options: dict[str, Any],
                                 params: dict[str, str]) -> Result:
+        if not isinstance(options, dict):
+            raise errors.bad_request("the DeleteOptions body must be a JSON object")
         opts = list_options(rt, params)
         opts.limit = 0
         items, meta = await self.list(rt, ns, opts)
@@ -835,6 +824,9 @@ class Registry:
                 raise errors.bad_request("the patch must be a JSON object")
             if not isinstance(new_scale, dict) or not isinstance(new_scale.get("spec"), dict):
                 raise errors.bad_request("the body must be an autoscaling/v1 Scale with spec.replicas")
+            problems = schema.type_errors("autoscaling/v1", "Scale", new_scale)
+            if problems:
+                raise errors.bad_request(schema.decode_error("autoscaling/v1", "Scale", problems[0]))
             replicas = new_scale["spec"].get("replicas", 0)
             if not isinstance(replicas, int) or isinstance(replicas, bool):
                 raise errors.bad_request("Scale.spec.replicas must be an integer")
@@ -860,6 +852,9 @@ class Registry:
     async def bind(self, rt: ResourceType, ns: str | None, name: str, body: Any) -> Result:
         if not isinstance(body, dict) or body.get("kind") not in (None, "Binding"):
             raise errors.bad_request("the body must be a v1 Binding")
+        problems = schema.type_errors("v1", "Binding", body)
+        if problems:
+            raise errors.bad_request(schema.decode_error("v1", "Binding", problems[0]))
         target = body.get("target") or {}
         node = target.get("name")
         if not node or not isinstance(node, str):

@@ -140,7 +140,9 @@ class Server:
         for attempt in range(3):  # the free port may be taken between probe and bind
             self.port = free_port()
             self._log = open(self.log_path, "ab")  # closed in stop()
-            argv = [*self.cmd, "apiserver", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir]
+            # plain HTTP: these figures are the store and HTTP stack's, without TLS and authentication
+            argv = [*self.cmd, "apiserver", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir,
+                    "--insecure-serving"]
             if self.store:
                 argv += ["--store", self.store]
             progress(f"starting {' '.join(shlex.quote(a) for a in argv)}")

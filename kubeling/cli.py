@@ -57,19 +57,78 @@ def add_apiserver_args(p: argparse.ArgumentParser) -> None:
                    help="revisions kept behind the newest at each compaction (default %(default)s)")
     p.add_argument("--bookmark-interval", type=float, default=30.0, metavar="SECONDS",
                    help="how often idle watches that asked for bookmarks get one (default %(default)s)")
+    p.add_argument("--authorization-mode", default="Node,RBAC", metavar="MODES",
+                   help="authorizers in order, comma-separated: Node, RBAC, AlwaysAllow, AlwaysDeny "
+                        "(default %(default)s; AlwaysAllow allows every authenticated request)")
+    p.add_argument("--profiling", type=_bool_flag, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="upstream's profiling switch; kubeling serves no /debug/pprof handlers either way "
+                        "(default false)")
+    g = p.add_argument_group("etcd client TLS (with --store etcd://...; the same as the URL's cacert/cert/key)")
+    g.add_argument("--etcd-cafile", default="", metavar="FILE", help="CA bundle that etcd's serving certificate "
+                   "must chain to")
+    g.add_argument("--etcd-certfile", default="", metavar="FILE", help="client certificate presented to etcd")
+    g.add_argument("--etcd-keyfile", default="", metavar="FILE", help="the client certificate's key")
+    from apiserver import audit, ratelimit, security
+    security.add_args(p)
+    ratelimit.add_args(p)  # per-client rate, connection cap, slow-client timeouts
+    audit.add_args(p)
+
+
+def _bool_flag(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def store_with_etcd_tls(store: str, cafile: str, certfile: str, keyfile: str) -> str:
+    """The store URL with --etcd-cafile/--etcd-certfile/--etcd-keyfile as its cacert/cert/key options;
+    ValueError when they do not fit (no etcd store, set twice, cert without key)."""
+    given = {k: v for k, v in (("cacert", cafile), ("cert", certfile), ("key", keyfile)) if v}
+    if not given:
+        return store
+    if not store.startswith(("etcd://", "etcds://")):
+        raise ValueError(f"--etcd-cafile/--etcd-certfile/--etcd-keyfile need --store etcd://HOST:PORT "
+                         f"(store is {store or 'sqlite in the data dir'})")
+    if bool(certfile) != bool(keyfile):
+        raise ValueError("give --etcd-certfile and --etcd-keyfile together")
+    from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(store)
+    query = parse_qs(parts.query)
+    for k in given:
+        if k in query:
+            raise ValueError(f"the store URL already sets {k}=; drop it or the --etcd-* flag")
+    extra = urlencode(given)
+    return urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
 
 
 def cmd_apiserver(args: argparse.Namespace) -> int:
+    from apiserver import audit, ratelimit, security
     from apiserver.server import Companion, ServerConfig, StartupError, serve
 
-    cfg = ServerConfig(listen=args.listen, data_dir=args.data_dir, store=args.store, service_cidr=args.service_cidr,
+    try:
+        store = store_with_etcd_tls(args.store, args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
+    except ValueError as e:
+        print(f"kubeling {args.command}: {e}", file=sys.stderr)
+        return 2
+    if args.profiling:
+        logging.getLogger("kubeling.apiserver").warning("--profiling=true: kubeling has no profiling handlers")
+    cfg = ServerConfig(listen=args.listen, data_dir=args.data_dir, store=store, service_cidr=args.service_cidr,
                        node_port_range=args.service_node_port_range, compact_interval=args.compact_interval,
-                       compact_keep=args.compact_keep, bookmark_interval=args.bookmark_interval)
+                       compact_keep=args.compact_keep, bookmark_interval=args.bookmark_interval,
+                       security=security.from_args(args), authorization_mode=args.authorization_mode,
+                       **ratelimit.config_from_args(args), **audit.config_from_args(args))
     companions: list[Companion] = []
     extra_metrics: list[Any] = []  # the companions' registries, served on the apiserver's /metrics
     if args.command == "server":
-        companions = [lambda kubeconfig: start_scheduler(kubeconfig, args, extra_metrics),
-                      lambda kubeconfig: start_controllers(kubeconfig, args, extra_metrics)]
+        # each with its own identity when given one (--scheduler-kubeconfig ...), else the admin kubeconfig
+        companions = [lambda kubeconfig: start_scheduler(args.scheduler_kubeconfig or kubeconfig, args, extra_metrics),
+                      lambda kubeconfig: start_controllers(args.controller_manager_kubeconfig or kubeconfig, args,
+                                                           extra_metrics)]
+        cfg.companions_have_kubeconfigs = bool(args.scheduler_kubeconfig and args.controller_manager_kubeconfig)
     try:
         run_async(serve(cfg, companions, extra_metrics))
     except StartupError as e:
@@ -123,7 +182,7 @@ DAEMONS = (
      "Bind unscheduled pods to nodes: filter, score 0..100, bind."),
     ("controller-manager", "controllers.manager", "run the controllers",
      "ReplicaSet, Deployment, endpoints, EndpointSlice, node IPAM, node lifecycle, DaemonSet, garbage "
-     "collector, namespace, Job and TTL controllers."),
+     "collector, namespace, Job, TTL and ServiceAccount controllers."),
     ("agent", "agent.main", "run the node agent (kubelet) for one node",
      "Register the node, keep its Lease, and run the pods bound to it on the Docker engine in "
      "network-namespace sandboxes wired by kubeling-cni."),
@@ -161,7 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=False,
                    help="scheduler and controllers act only while holding their Leases (for several servers "
                         "on one store; default off)")
+    p.add_argument("--scheduler-kubeconfig", default="", metavar="FILE",
+                   help="the in-process scheduler's own credentials, e.g. `kubeling pki init`'s "
+                        "scheduler.kubeconfig (system:kube-scheduler; default: DATA_DIR/admin.kubeconfig)")
+    p.add_argument("--controller-manager-kubeconfig", default="", metavar="FILE",
+                   help="the in-process controllers' own credentials, e.g. controller-manager.kubeconfig "
+                        "(system:kube-controller-manager; default: DATA_DIR/admin.kubeconfig)")
     p.set_defaults(func=cmd_apiserver)
+    p = sub.add_parser("pki", help="make the cluster's CA, certificates and kubeconfigs",
+                       description="The cluster PKI (ECDSA P-256): `pki init` for the control plane, `pki node` "
+                                   "for each agent. Idempotent: existing files are kept.")
+    from . import pki_cli
+    pki_cli.add_args(p)
     p = sub.add_parser("store", help="store maintenance: migrate a cluster's state between backends",
                        description="Store maintenance.")
     store_sub = p.add_subparsers(dest="store_command", metavar="STORE_COMMAND", required=True)

@@ -190,7 +190,9 @@ class Agent:
                     self.queue.add(uid)
             with self._lock:
                 known = set(self.pods)
-            for uid in (set(fps) | set(self.sandboxes.known())) - known:
+            # orphans: containers, sandboxes or volumes (tmpfs mounts) of pods the API no longer has
+            left = set(fps) | set(self.sandboxes.known()) | set(self.workers.hooks.known_volumes())
+            for uid in left - known:
                 self.queue.add(uid)
 
     def _relist_loop(self) -> None:
@@ -255,3 +257,25 @@ class Agent:
                            "instance")
         target = hist[-2] if previous else hist[-1]
         return self.runtime.logs(target.id, follow=follow, tail=tail_lines, timestamps=timestamps)
+
+    def port_forward(self, ns: str, pod: str, uid: str = "") -> Callable[[Any], None]:
+        """For GET /portForward/NS/POD[/UID]: a run(transport) serving one kubectl port-forward session
+        into the pod's network namespace (agent/portforward.py).  KeyError for a pod this node does not
+        run (404), ValueError when it has no network namespace (yet) (400); both before any upgrade."""
+        from agent.portforward import PortForwardSession, netns_dialer
+        with self._lock:
+            p = next((p for p in self.pods.values()
+                      if p["metadata"]["name"] == pod and p["metadata"].get("namespace") == ns
+                      and (not uid or p["metadata"]["uid"] == uid)), None)
+        if p is None:
+            raise KeyError(f"pod {ns}/{pod}{f' (uid {uid})' if uid else ''} not found on node {self.node}")
+        pod_uid = p["metadata"]["uid"]
+        info = self.sandboxes.get(pod_uid)
+        if info is None or not self.sandboxes.healthy(info):
+            raise ValueError(f"pod {ns}/{pod} has no running sandbox on node {self.node} yet: cannot "
+                             "port-forward before it is running")
+        dial = netns_dialer(info.netns_path)
+
+        def run(transport: Any) -> None:
+            PortForwardSession(transport, dial, pod=f"{ns}/{pod}", uid=pod_uid).run()
+        return run

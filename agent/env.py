@@ -4,7 +4,10 @@ Upstream: ``kubelet_pods.go`` ``makeEnvironmentVariables``.  Order and
 precedence follow it: envFrom sources first (in order, later keys win), then
 ``env`` in order; a ``value`` may reference any variable defined before it as
 ``$(NAME)`` (``$$`` escapes a ``$``, unknown references stay literal).
-Service-link variables are not produced.
+The master service's variables (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, KUBERNETES_PORT_443_TCP...,
+from the default/kubernetes Service, as the kubelet always sets them) come from ``service_env_vars`` via
+``service_env``: they can be referenced as ``$(VAR)`` and the container's own variables win.  Other
+services' link variables (enableServiceLinks) are not produced.
 
 Errors use upstream's wording, because users see them in ``kubectl describe``:
 ``configmap "cfg" not found``, ``couldn't find key k in ConfigMap default/cfg``.
@@ -26,7 +29,8 @@ from kube.api.quantity import QuantityError, parse_quantity
 
 Getter = Callable[[str, str], "dict[str, Any] | None"]
 
-__all__ = ["resolve_env", "expand", "field_value", "resource_value", "secret_values", "configmap_values"]
+__all__ = ["resolve_env", "expand", "field_value", "resource_value", "secret_values", "configmap_values",
+           "service_env_vars"]
 
 # validation.IsEnvVarName (the classic, non-relaxed rule).
 _ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -187,10 +191,37 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", errors="surrogateescape")
 
 
+def service_env_vars(service: dict[str, Any]) -> dict[str, str]:
+    """A Service's docker-link style variables, as upstream's envvars.FromServices: {} for a headless one."""
+    meta, spec = _dict(service.get("metadata")), _dict(service.get("spec"))
+    ip = str(spec.get("clusterIP") or "")
+    ports = [p for p in spec.get("ports") or [] if isinstance(p, dict) and p.get("port")]
+    if not ip or ip == "None" or not ports:
+        return {}
+    name = str(meta.get("name") or "").upper().replace("-", "_")
+    host = f"[{ip}]" if ":" in ip else ip
+    out = {f"{name}_SERVICE_HOST": ip, f"{name}_SERVICE_PORT": str(ports[0]["port"])}
+    for p in ports:
+        if p.get("name"):
+            out[f"{name}_SERVICE_PORT_{str(p['name']).upper().replace('-', '_')}"] = str(p["port"])
+    first_proto = str(ports[0].get("protocol") or "TCP").lower()
+    out[f"{name}_PORT"] = f"{first_proto}://{host}:{ports[0]['port']}"
+    for p in ports:
+        proto = str(p.get("protocol") or "TCP")
+        prefix = f"{name}_PORT_{p['port']}_{proto.upper()}"
+        out[prefix] = f"{proto.lower()}://{host}:{p['port']}"
+        out[f"{prefix}_PROTO"] = proto.lower()
+        out[f"{prefix}_PORT"] = str(p["port"])
+        out[f"{prefix}_ADDR"] = ip
+    return out
+
+
 def resolve_env(pod: dict[str, Any], container: dict[str, Any], get_configmap: Getter, get_secret: Getter, *,
                 pod_ips: list[str] | None = None, host_ip: str | None = None,
-                allocatable: Mapping[str, str] | None = None) -> list[str]:
-    """The container's environment as ``["K=V", ...]`` (envFrom first, then env; later duplicates win).
+                allocatable: Mapping[str, str] | None = None,
+                service_env: Mapping[str, str] | None = None) -> list[str]:
+    """The container's environment as ``["K=V", ...]`` (envFrom first, then env; later duplicates win;
+    then the service variables the container did not define).
 
     `pod_ips`/`host_ip` override status.podIP(s)/hostIP (the agent knows them before the status patch).
     Raises ContainerConfigError for a missing non-optional ConfigMap, Secret or key.
@@ -246,12 +277,14 @@ def resolve_env(pod: dict[str, Any], container: dict[str, Any], get_configmap: G
         name = str(var["name"])
         value_from = var.get("valueFrom")
         if not isinstance(value_from, dict):
-            env[name] = expand(str(var.get("value") or ""), env.get)
+            env[name] = expand(str(var.get("value") or ""), lambda k: env.get(k, (service_env or {}).get(k)))
             continue
         value = _value_from(pod, container, value_from, namespace, configmap, secret,
                             pod_ips=pod_ips, host_ip=host_ip, allocatable=allocatable)
         if value is not None:
             env[name] = value
+    for k, v in (service_env or {}).items():
+        env.setdefault(k, v)
     return [f"{k}={v}" for k, v in env.items()]
 
 

@@ -121,7 +121,7 @@ def test_secret_volume_decoded(tmp_path: Path) -> None:
     store.secrets[("ns", "s")] = {"data": {"token": b64("t0k")}}
     paths = store.manager(tmp_path).setup(pod([{"name": "s", "secret": {"secretName": "s"}}]))
     assert read(os.path.join(paths["s"], "token")) == "t0k"
-    assert stat.S_IMODE(os.stat(os.path.join(paths["s"], "token")).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(os.path.join(paths["s"], "token")).st_mode) == 0o400  # secrets: 0400 by default
 
 
 @pytest.mark.parametrize("volume,message", [

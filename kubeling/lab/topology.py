@@ -61,7 +61,7 @@ class Topology:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.control.ip}:{API_PORT}"
+        return f"https://{self.control.ip}:{API_PORT}"
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

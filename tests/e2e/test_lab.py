@@ -225,6 +225,101 @@ def test_cross_node_pod_ip_clusterip_and_source_address(lab: Lab) -> None:
     lab.kubectl("delete", "-f", str(path), "--wait=false")
 
 
+WEB = {"apiVersion": "v1", "kind": "List", "items": [
+    {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+     "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+              "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                  "terminationGracePeriodSeconds": 1,
+                  "containers": [{"name": "web", "image": "kubeling/test:1", "imagePullPolicy": "Never",
+                                  "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && "
+                                                          "exec httpd -f -p 8080 -h /www"],
+                                  "ports": [{"containerPort": 8080, "name": "http"}],
+                                  "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}},
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+     "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-headless"},
+     "spec": {"clusterIP": "None", "selector": {"app": "web"},
+              "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}]}
+
+
+def in_pod(lab: Lab, pod: dict[str, Any], *cmd: str) -> str:
+    """Run cmd in the pod's (first) app container with docker exec; its output."""
+    ids = sh("docker", "ps", "-q", "--filter", f"label=io.kubeling.pod-uid={pod['metadata']['uid']}",
+             "--filter", "label=io.kubeling.kind=app").stdout.split()
+    assert ids, f"no running app container of {pod['metadata']['name']}"
+    return sh("docker", "exec", ids[0], *cmd, check=False, timeout=20).stdout
+
+
+def ready_web_pods(lab: Lab) -> list[dict[str, Any]] | None:
+    pods = [p for p in lab.json("get", "pods", "-l", "app=web")["items"] if not p["metadata"].get("deletionTimestamp")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+    return pods if len(pods) == 2 else None
+
+
+def test_cluster_dns_from_a_pod(lab: Lab) -> None:
+    """A pod's resolv.conf points at kube-dns 10.96.0.10; through its node's kube-proxy DNAT it resolves a
+    Service to its ClusterIP, a short name through the search path, a headless Service to each ready pod,
+    an SRV name to the named port, and an unknown name to a fast NXDOMAIN."""
+    path = lab.dir / "web.json"
+    path.write_text(json.dumps(WEB))
+    lab.kubectl("apply", "--validate=false", "-f", str(path))
+    pods = eventually("2 ready web pods", lambda: ready_web_pods(lab), 60)
+    remember_pods(lab)
+    client = pods[0]
+    svc_ip = lab.json("get", "service", "web")["spec"]["clusterIP"]
+    assert lab.json("get", "service", "kube-dns", "-n", "kube-system")["spec"]["clusterIP"] == "10.96.0.10"
+
+    assert in_pod(lab, client, "cat", "/etc/resolv.conf") == (
+        "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n")
+    hosts = in_pod(lab, client, "cat", "/etc/hosts")
+    assert f"{client['status']['podIP']}\t{client['metadata']['name']}\n" in hosts, hosts
+
+    out = eventually("web's A record from the pod", lambda: (o := in_pod(
+        lab, client, "nslookup", "web.default.svc.cluster.local")) and svc_ip in o and o, 20)
+    assert "10.96.0.10" in out  # the server that answered: the kube-dns ClusterIP
+
+    names = {p["metadata"]["name"] for p in pods}
+    body = eventually("wget http://web (search path)", lambda: in_pod(lab, client, "wget", "-qO-", "http://web").strip()
+                      in names and in_pod(lab, client, "wget", "-qO-", "http://web").strip(), 20)
+    assert body in names
+
+    pod_ips = sorted(p["status"]["podIP"] for p in pods)
+
+    def headless() -> list[str] | None:
+        text = in_pod(lab, client, "nslookup", "web-headless.default.svc.cluster.local")
+        got = sorted(line.split()[-1] for line in text.split("Name:", 1)[-1].splitlines() if line.startswith("Address"))
+        return got if got == pod_ips else None
+    assert eventually("the headless Service's A set", headless, 20) == pod_ips
+
+    srv = in_pod(lab, client, "nslookup", "-type=SRV", "_http._tcp.web.default.svc.cluster.local")
+    assert "80 web.default.svc.cluster.local" in srv, srv
+
+    def control_routes() -> bool:  # the replies' way back to pods whose queries were not masqueraded
+        routes = sh("ip", "-n", f"{lab.prefix}-control", "route", "show", "proto", "212").stdout
+        nodes = lab.json("get", "nodes")["items"]
+        return all(f"{n['spec']['podCIDR']} via {a['address']} " in routes for n in nodes
+                   for a in n["status"]["addresses"] if a["type"] == "InternalIP")
+    eventually("routes to every podCIDR in the control namespace", control_routes, 20)
+
+    from kubeling.lab.clusterdns import query_from
+    netns = pod_container_netns(lab, client["metadata"]["uid"])
+    got = query_from(netns, "10.96.0.10", "nope-not-here.default.svc.cluster.local", n=6)
+    assert [r for r, _, _ in got] == ["3"] * 6, got  # NXDOMAIN
+    times = sorted(t for _, _, t in got[1:])
+    print(f"NXDOMAIN from a pod through 10.96.0.10: {', '.join(f'{t * 1000:.2f}' for t in times)} ms")
+    assert times[len(times) // 2] < 0.05, times
+
+
+def test_lab_status_shows_component_metrics(lab: Lab) -> None:
+    out = lab.lab("status").stdout
+    lines = {line.split()[0] + (" " + line.split()[1] if line.split()[0] in ("agent", "proxy") else ""): line
+             for line in out.split("metrics:", 1)[1].splitlines() if line.strip()}
+    for want in ("apiserver", "scheduler", "dns", "agent node1", "agent node2", "proxy node1", "proxy node2"):
+        assert want in lines and "no /metrics answer" not in lines[want], (want, out)
+    assert "requests 0 " not in lines["dns"] and "running pods 0," not in lines["agent node1"], out
+    assert "syncs 0," not in lines["proxy node1"], out
+
+
 def demo_pods(lab: Lab) -> list[dict[str, Any]]:
     return [p for p in lab.json("get", "pods", "-l", "app=demo")["items"]]
 

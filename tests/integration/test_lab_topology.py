@@ -54,11 +54,15 @@ class Lab:
         return sh("nsenter", f"--net=/var/run/netns/{self.ns(node)}", *argv, check=check)
 
 
-def assert_nothing_new(before: dict[str, set[str]]) -> None:
+def assert_nothing_new(before: dict[str, set[str]], lab: Lab) -> None:
     """Nothing the lab made is left: compare what appeared since `before` (other work on the
-    machine may remove its own things meanwhile; that is not ours to check)."""
+    machine may remove its own things meanwhile; that is not ours to check). Namespaces and their
+    mounts are the lab's when they carry its prefix (concurrent tests make their own); any new link in
+    the machine's own namespace is a leak whoever made it."""
     after = snapshot()
     new = {k: sorted(after[k] - before[k]) for k in after}
+    new["netns"] = [n for n in new["netns"] if n.startswith(lab.prefix + "-")]
+    new["mounts"] = [m for m in new["mounts"] if f"/{lab.prefix}-" in m]
     assert not any(new.values()), new
 
 
@@ -165,7 +169,7 @@ def test_down_leaves_nothing_and_twice_is_fine(tmp_path: Path) -> None:
     finally:
         first = the_lab.run("down", check=False)
     assert first.returncode == 0, first.stderr
-    assert_nothing_new(before)
+    assert_nothing_new(before, the_lab)
     assert not lab_pids(the_lab)
     assert not (the_lab.dir / "state.json").exists() and not (the_lab.dir / "state").exists()
     second = the_lab.run("down")
@@ -185,7 +189,7 @@ def test_up_after_a_crash_cleans_leftovers_first(tmp_path: Path) -> None:
         the_lab.in_ns("node1", "ping", "-c", "1", "-W", "2", "192.168.56.10")
     finally:
         the_lab.run("down", check=False)
-    assert_nothing_new(before)
+    assert_nothing_new(before, the_lab)
     assert not lab_pids(the_lab)
 
 
@@ -233,8 +237,13 @@ def test_up_with_etcd_store_serves_kubectl_and_down_removes_it(tmp_path: Path) -
         sh(*kubectl, "create", "configmap", "etcd-cm", "--from-literal=k=from-etcd", timeout=30)
         got = json.loads(sh(*kubectl, "get", "configmap", "etcd-cm", "-o", "json", timeout=30).stdout)
         assert got["data"] == {"k": "from-etcd"}
-        # the object is in etcd (read inside the control namespace, with etcd's own v3 API)
-        keys = the_lab.in_ns("control", "curl", "-s", "-X", "POST", "http://127.0.0.1:2379/v3/kv/range",
+        # the object is in etcd (read inside the control namespace, with etcd's own v3 API; etcd wants TLS
+        # and a client certificate of its own CA, the apiserver's)
+        etcd_pki = the_lab.dir / "state" / "pki" / "etcd"
+        keys = the_lab.in_ns("control", "curl", "-s", "--cacert", str(etcd_pki / "ca.crt"),
+                             "--cert", str(etcd_pki / "apiserver-etcd-client.crt"),
+                             "--key", str(etcd_pki / "apiserver-etcd-client.key"),
+                             "-X", "POST", "https://127.0.0.1:2379/v3/kv/range",
                              "-d", '{"key": "L3JlZ2lzdHJ5Lw==", "range_end": "L3JlZ2lzdHJ5MA==", "keys_only": true}')
         stored = {base64.b64decode(kv["key"]).decode() for kv in json.loads(keys.stdout).get("kvs", [])}
         assert "/registry/configmaps/default/etcd-cm" in stored, stored

@@ -33,7 +33,6 @@ Authorization (upstream --authorization-mode=Webhook, with one local shortcut):
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 import time
@@ -41,12 +40,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kube import tls
+
 log = logging.getLogger("kubeling.agent.auth")
 
 APISERVER_CLIENT = "kube-apiserver-kubelet-client"
 MASTERS = "system:masters"
 AUTHENTICATED = "system:authenticated"
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 ALLOWED_TTL = 300.0
 DENIED_TTL = 30.0
 VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -83,30 +83,12 @@ class Decision:
 
 
 def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str) -> ssl.SSLContext:
-    """TLS 1.2+ (ECDHE + AEAD only), the serving certificate, client certificates asked for and verified
-    against client_ca_file when given (a missing one is answered with 401 by AgentAuth)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers(TLS12_CIPHERS)
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
-    ctx.num_tickets = 0  # no TLS 1.3 session tickets: nothing is written to a connection behind a reader's back
-    for flag, path in (("--tls-cert-file", cert_file), ("--tls-private-key-file", key_file)):
-        if not os.path.exists(path):
-            raise AuthConfigError(f"cannot load {flag}: {path} does not exist")
+    """kube.tls.server_context without TLS 1.3 session tickets (the threaded server reads blocking);
+    a client without a certificate is answered with 401 by AgentAuth."""
     try:
-        ctx.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as e:
-        raise AuthConfigError(f"cannot load --tls-cert-file {cert_file} / --tls-private-key-file {key_file}: "
-                              f"{e}") from None
-    try:
-        ctx.load_verify_locations(cafile=client_ca_file)
-    except FileNotFoundError:
-        raise AuthConfigError(f"cannot load --client-ca-file: {client_ca_file} does not exist") from None
-    except (OSError, ssl.SSLError) as e:
-        raise AuthConfigError(f"cannot load --client-ca-file {client_ca_file}: {e}") from None
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
+        return tls.server_context(cert_file, key_file, client_ca_file, session_tickets=False)
+    except tls.TLSConfigError as e:
+        raise AuthConfigError(str(e)) from None
 
 
 def user_from_cert(cert: dict[str, Any] | None) -> User | None:

@@ -39,6 +39,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from kube.tls import bool_flag
+
 log = logging.getLogger("kubeling.agent.main")
 
 
@@ -77,7 +79,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="CA bundle client certificates must chain to (the cluster CA)")
     sec.add_argument("--insecure-serving", action="store_true",
                    help="DANGER: plain HTTP agent API, no authentication, even with an https apiserver")
-    sec.add_argument("--anonymous-auth", type=_bool, nargs="?", const=True, default=False, metavar="false",
+    sec.add_argument("--anonymous-auth", type=bool_flag, nargs="?", const=True, default=False, metavar="false",
                    help="only false: requests without a client certificate are 401")
     sec.add_argument("--authorization-mode", default="Webhook", metavar="Webhook",
                    help="only Webhook: SubjectAccessReview for nodes/proxy etc., the apiserver's identity allowed")
@@ -86,7 +88,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="unauthenticated plain HTTP /healthz (default %(default)s; 0 = off)")
     sec.add_argument("--healthz-bind-address", default="127.0.0.1", metavar="IP",
                    help="address of the healthz port (default %(default)s)")
-    sec.add_argument("--profiling", type=_bool, nargs="?", const=True, default=False, metavar="false",
+    sec.add_argument("--profiling", type=bool_flag, nargs="?", const=True, default=False, metavar="false",
                    help="only false: there are no profiling endpoints")
     p.add_argument("--pod-max-pids", type=int, default=DEFAULT_POD_MAX_PIDS, metavar="N",
                    help="PIDs limit of every container (kubelet's podPidsLimit; default %(default)s, -1 = none)")
@@ -97,15 +99,6 @@ DEFAULT_POD_MAX_PIDS = 4096
 
 class ConfigError(Exception):
     """A flag the operator must fix; printed as one line."""
-
-
-def _bool(text: str) -> bool:
-    v = text.strip().lower()
-    if v in ("true", "1", "yes"):
-        return True
-    if v in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def check_flags(args: argparse.Namespace, apiserver_https: bool) -> None:

@@ -68,9 +68,6 @@ def _warning_text(text: str, limit: int = 256) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8", "replace").decode("latin-1")
 
 
-def status_response(err: APIError) -> Response:
-    return Response(dumps(err.status()), status_code=err.code, media_type=JSON)
-
 
 # -- content negotiation ---------------------------------------------------------
 
@@ -272,27 +269,27 @@ def create_app(registry: Registry, *, metrics: Metrics | None = None,
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
-        return status_response(exc)
+        return errors.status_response(exc)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(_: Request, exc: StoreUnavailable) -> Response:
         # a Status 503 the client can act on, not a 500 and a dropped connection
-        return status_response(errors.unavailable(f"the store is unavailable: {exc}"))
+        return errors.status_response(errors.unavailable(f"the store is unavailable: {exc}"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
-            return status_response(errors.method_not_allowed())
+            return errors.status_response(errors.method_not_allowed())
         if exc.status_code == 404:
-            return status_response(errors.path_not_found(request.url.path))
-        return status_response(APIError(exc.status_code, "Unknown", str(exc.detail)))
+            return errors.status_response(errors.path_not_found(request.url.path))
+        return errors.status_response(APIError(exc.status_code, "Unknown", str(exc.detail)))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> Response:
         # where and what, never the exception's message: it may quote the request body (a Secret's data)
         log.error("internal error method=%s path=%s error=%s\n%s", request.method, request.url.path,
                   type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip())
-        return status_response(errors.internal(f"{type(exc).__name__}: {exc}"))
+        return errors.status_response(errors.internal(f"{type(exc).__name__}: {exc}"))
 
     @app.get("/version")
     async def version() -> Response:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kube.api.resources import ResourceType
@@ -118,6 +119,11 @@ def internal(message: str) -> APIError:
 
 def unavailable(message: str) -> APIError:
     return APIError(503, "ServiceUnavailable", message)
+
+
+def status_response(err: APIError) -> Response:
+    """The error as an HTTP answer: its Status, with the Status's code as the HTTP status."""
+    return Response(orjson.dumps(err.status()), status_code=err.code, media_type="application/json")
 
 
 def success_status(rt: ResourceType, name: str, uid: str = "") -> dict[str, Any]:

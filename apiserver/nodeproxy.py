@@ -116,6 +116,17 @@ def agent_endpoint(node: dict[str, Any]) -> str:
     return f"{host}:{port}"
 
 
+async def node_agent(registry: Any, node_name: str, pod_name: str) -> str:
+    """The agent endpoint of the node a pod runs on: 404 for a Node that is gone, 503 when it names none."""
+    nodes_rt = lookup("", "v1", "nodes")
+    assert nodes_rt is not None
+    endpoint = agent_endpoint(await registry.get(nodes_rt, None, node_name))
+    if not endpoint:
+        raise errors.unavailable(f'node "{node_name}" of pod "{pod_name}" has no agent endpoint (neither the '
+                                 f'{ENDPOINT_ANNOTATION} annotation nor an InternalIP): is its agent running?')
+    return endpoint
+
+
 def agent_params(params: dict[str, str]) -> dict[str, str]:
     """Validate the log options and translate them for the agent; 400 on nonsense."""
     out: dict[str, str] = {}
@@ -158,13 +169,7 @@ async def pod_logs(registry: Any, pods_rt: ResourceType, namespace: str | None, 
         raise errors.bad_request(f'pod "{name}" does not have a host assigned')
     container = pick_container(pod, params.get("container", ""))
     query = agent_params(params)
-    nodes_rt = lookup("", "v1", "nodes")
-    assert nodes_rt is not None
-    node = await registry.get(nodes_rt, None, node_name)
-    endpoint = agent_endpoint(node)
-    if not endpoint:
-        raise errors.unavailable(f'node "{node_name}" of pod "{name}" has no agent endpoint (neither the '
-                                 f'{ENDPOINT_ANNOTATION} annotation nor an InternalIP): is its agent running?')
+    endpoint = await node_agent(registry, node_name, name)
     path = "/containerLogs/" + "/".join(quote(str(p), safe="") for p in (namespace, name, container))
     url = kubelet.url(endpoint, path)
     follow = query.get("follow") == "true"

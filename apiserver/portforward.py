@@ -29,7 +29,6 @@ import ssl
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 from fastapi.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -38,7 +37,7 @@ from kube.api.resources import ResourceType, lookup
 
 from . import errors
 from .errors import APIError
-from .nodeproxy import CONNECT_TIMEOUT, ENDPOINT_ANNOTATION, KubeletClient, agent_endpoint, kubelet_client
+from .nodeproxy import CONNECT_TIMEOUT, KubeletClient, kubelet_client, node_agent
 from .store.base import StoreUnavailable
 from .streaming import streaming_guard
 
@@ -57,23 +56,14 @@ async def portforward_guard(conn: Any, namespace: str, name: str) -> None:
 async def _target(registry: Any, namespace: str, name: str) -> tuple[dict[str, Any], str, str]:
     """(pod, node name, agent endpoint) or APIError as `kubectl logs` words them."""
     pods_rt = lookup("", "v1", "pods")
-    nodes_rt = lookup("", "v1", "nodes")
-    assert pods_rt is not None and nodes_rt is not None
+    assert pods_rt is not None
     pod = await registry.get(pods_rt, namespace, name)
     node_name = (pod.get("spec") or {}).get("nodeName")
     if not node_name:
         raise errors.bad_request(f'pod "{name}" does not have a host assigned')
-    node = await registry.get(nodes_rt, None, node_name)
-    endpoint = agent_endpoint(node)
-    if not endpoint:
-        raise errors.unavailable(f'node "{node_name}" of pod "{name}" has no agent endpoint (neither the '
-                                 f'{ENDPOINT_ANNOTATION} annotation nor an InternalIP): is its agent '
-                                 'running?')
+    endpoint = await node_agent(registry, str(node_name), name)
     return pod, str(node_name), endpoint
 
-
-def _status(e: APIError) -> Response:
-    return Response(orjson.dumps(e.status()), status_code=e.code, media_type="application/json")
 
 
 async def pod_portforward_http(registry: Any, rt: ResourceType, namespace: str | None, name: str) -> Response:
@@ -205,11 +195,12 @@ async def pod_portforward_ws(websocket: WebSocket) -> None:
         uid = str((pod.get("metadata") or {}).get("uid") or "")
         agent = await _open_agent(endpoint, node_name, namespace, name, uid, kubelet_client(websocket.app.state))
     except StoreUnavailable as e:
-        await websocket.send_denial_response(_status(errors.unavailable(f"the store is unavailable: {e}")))
+        down = errors.unavailable(f"the store is unavailable: {e}")
+        await websocket.send_denial_response(errors.status_response(down))
         return
     except APIError as e:
         log.info("port-forward pod=%s/%s refused: %s", namespace, name, e.message)
-        await websocket.send_denial_response(_status(e))
+        await websocket.send_denial_response(errors.status_response(e))
         return
     try:
         await websocket.accept(subprotocol=SUBPROTOCOL)

@@ -36,7 +36,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from kube import pki
+from kube import pki, tls
 
 from .auth.authn import Authenticator, TokenIssuer
 from .auth.tokens import (
@@ -51,9 +51,6 @@ from .auth.tokens import (
 from .nodeproxy import KubeletClient
 
 log = logging.getLogger("kubeling.apiserver")
-
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-
 
 class SecurityError(Exception):
     """A setting or file the operator must fix; printed as one line."""
@@ -98,25 +95,10 @@ class Security:
 
 
 def server_ssl_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers(TLS12_CIPHERS)
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
-    for path in (cert_file, key_file):
-        if not os.path.exists(path):  # ssl's FileNotFoundError does not say which
-            raise SecurityError(f"cannot load the serving certificate: {path} does not exist")
     try:
-        ctx.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as e:
-        raise SecurityError(f"cannot load the serving certificate {cert_file} / key {key_file}: {e}") from None
-    if client_ca_file:
-        try:
-            ctx.load_verify_locations(cafile=client_ca_file)
-        except (OSError, ssl.SSLError) as e:
-            raise SecurityError(f"cannot load the client CA {client_ca_file}: {e}") from None
-        ctx.verify_mode = ssl.CERT_OPTIONAL  # asked for, verified when given; tokens work without one
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
+        return tls.server_context(cert_file, key_file, client_ca_file)
+    except tls.TLSConfigError as e:
+        raise SecurityError(str(e)) from None
 
 
 def kubelet_client_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -261,17 +243,6 @@ def _read(path: str) -> bytes:
 # -- flags --------------------------------------------------------------------------------
 
 
-def _bool(text: str) -> bool:
-    v = text.strip().lower()
-    if v in ("true", "1", "yes"):
-        return True
-    if v in ("false", "0", "no"):
-        return False
-    import argparse
-
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
-
-
 def add_args(p: Any) -> None:
     """The security flags of `kubeling apiserver` and `kubeling server` (an argparse parser)."""
     g = p.add_argument_group("security (default: HTTPS with a PKI kept in DATA_DIR/pki; see --insecure-serving)")
@@ -290,7 +261,7 @@ def add_args(p: Any) -> None:
                    help="audiences a token must name to authenticate here (default: the issuer)")
     g.add_argument("--service-account-max-token-expiration", type=int, default=0, metavar="SECONDS",
                    help="cap on the lifetime of requested tokens (default 0: none)")
-    g.add_argument("--anonymous-auth", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+    g.add_argument("--anonymous-auth", type=tls.bool_flag, nargs="?", const=True, default=False, metavar="BOOL",
                    help="serve requests without credentials as system:anonymous (default false)")
     g.add_argument("--kubelet-certificate-authority", default="", metavar="FILE",
                    help="CA bundle that agents' serving certificates must chain to (default with the generated "

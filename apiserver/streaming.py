@@ -34,7 +34,6 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import orjson
 from fastapi.responses import Response
 from starlette.requests import Request
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -48,10 +47,9 @@ from . import errors
 from .errors import APIError
 from .nodeproxy import (
     CONNECT_TIMEOUT,
-    ENDPOINT_ANNOTATION,
     KubeletClient,
-    agent_endpoint,
     kubelet_client,
+    node_agent,
     pick_container,
 )
 
@@ -98,19 +96,15 @@ def agent_query(kind: str, params: list[tuple[str, str]]) -> list[tuple[str, str
 
 async def resolve(registry: Any, kind: str, namespace: str, name: str, params: list[tuple[str, str]]) -> Target:
     """The pod -> container -> node -> agent endpoint, in upstream's order; APIError as upstream words it."""
-    pods_rt, nodes_rt = lookup("", "v1", "pods"), lookup("", "v1", "nodes")
-    assert pods_rt is not None and nodes_rt is not None
+    pods_rt = lookup("", "v1", "pods")
+    assert pods_rt is not None
     pod = await registry.get(pods_rt, namespace, name)
     container = pick_container(pod, next((v for k, v in params if k == "container"), ""))
     node_name = str((pod.get("spec") or {}).get("nodeName") or "")
     if not node_name:
         raise errors.bad_request(f"pod {name} does not have a host assigned")
     query = agent_query(kind, params)
-    node = await registry.get(nodes_rt, None, node_name)
-    endpoint = agent_endpoint(node)
-    if not endpoint:
-        raise errors.unavailable(f'node "{node_name}" of pod "{name}" has no agent endpoint (neither the '
-                                 f'{ENDPOINT_ANNOTATION} annotation nor an InternalIP): is its agent running?')
+    endpoint = await node_agent(registry, node_name, name)
     path = f"/{kind}/" + "/".join(quote(p, safe="") for p in (namespace, name, container))
     return Target(node_name, endpoint, path, query)
 
@@ -128,9 +122,6 @@ def _agent_refusal(t: Target, kind: str, code: int, text: str) -> APIError:
         return errors.bad_request(text)
     return errors.internal(f'the agent of node "{t.node}" refused {kind}: {text}')
 
-
-def _status(e: APIError) -> Response:
-    return Response(orjson.dumps(e.status()), status_code=e.code, media_type="application/json")
 
 
 # -- the WebSocket route ----------------------------------------------------------------------
@@ -173,7 +164,7 @@ async def _session(websocket: WebSocket, kind: str) -> None:
 
 async def _deny(websocket: WebSocket, e: APIError) -> None:
     try:
-        await websocket.send_denial_response(_status(e))
+        await websocket.send_denial_response(errors.status_response(e))
     except RuntimeError:  # a server without the denial-response extension: a bare refusal (HTTP 403)
         await websocket.close()
 

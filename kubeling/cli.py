@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from kube.tls import bool_flag
+
 from . import __version__
 
 
@@ -60,7 +62,7 @@ def add_apiserver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--authorization-mode", default="Node,RBAC", metavar="MODES",
                    help="authorizers in order, comma-separated: Node, RBAC, AlwaysAllow, AlwaysDeny "
                         "(default %(default)s; AlwaysAllow allows every authenticated request)")
-    p.add_argument("--profiling", type=_bool_flag, nargs="?", const=True, default=False, metavar="BOOL",
+    p.add_argument("--profiling", type=bool_flag, nargs="?", const=True, default=False, metavar="BOOL",
                    help="upstream's profiling switch; kubeling serves no /debug/pprof handlers either way "
                         "(default false)")
     g = p.add_argument_group("etcd client TLS (with --store etcd://...; the same as the URL's cacert/cert/key)")
@@ -72,15 +74,6 @@ def add_apiserver_args(p: argparse.ArgumentParser) -> None:
     security.add_args(p)
     ratelimit.add_args(p)  # per-client rate, connection cap, slow-client timeouts
     audit.add_args(p)
-
-
-def _bool_flag(text: str) -> bool:
-    v = text.strip().lower()
-    if v in ("true", "1", "yes"):
-        return True
-    if v in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def store_with_etcd_tls(store: str, cafile: str, certfile: str, keyfile: str) -> str:

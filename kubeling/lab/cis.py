@@ -887,7 +887,7 @@ def apiserver_checks(target: Target, api: Proc) -> list[Item]:
     items.append(Item("1.2.28", "encryption providers are appropriately configured", "N/A",
                       "not implemented (see 1.2.27)"))
     items.append(strong_ciphers(target, api, "1.2.29", "the API server only uses strong cryptographic ciphers",
-                                facts, API_STRONG, "apiserver.security"))
+                                facts, API_STRONG, "kube.tls"))
     items.append(Item("1.2.30", "--service-account-extend-token-expiration is set to false",
                       passed(not bool_flag(api, "--service-account-extend-token-expiration", False)),
                       f"{api.label}: {api.shown('--service-account-extend-token-expiration')}: kubeling never "
@@ -1165,7 +1165,7 @@ def agent_checks(target: Target, agent: Proc) -> list[Item]:
         items.append(strong_ciphers(target, agent, "4.2.12", "the kubelet only uses strong cryptographic ciphers",
                                     facts, KUBELET_STRONG | {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
                                                              "TLS_CHACHA20_POLY1305_SHA256"},
-                                    "agent.auth", node))
+                                    "kube.tls", node))
     else:
         items.append(Item("4.2.12", "the kubelet only uses strong cryptographic ciphers", "FAIL",
                           f"{agent.label}: the agent API is plain HTTP (no --tls-cert-file)", node))

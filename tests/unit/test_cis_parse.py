@@ -67,8 +67,8 @@ def test_cipher_names_and_the_allowed_lists() -> None:
     assert cis.iana("ECDHE-ECDSA-AES128-SHA") == "ECDHE-ECDSA-AES128-SHA"  # CBC: not in any list
     assert cis.allowed_suite("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", cis.KUBELET_STRONG)
     assert not cis.allowed_suite("ECDHE-ECDSA-AES128-SHA", cis.API_STRONG)
-    # what kubeling's own server contexts allow passes the apiserver list
-    suites = cis.configured_suites("apiserver.security")
+    # what kubeling's server contexts (apiserver and agent, kube/tls.py) allow passes the apiserver list
+    suites = cis.configured_suites("kube.tls")
     assert suites and all(cis.allowed_suite(s, cis.API_STRONG) for s in suites)
 
 
